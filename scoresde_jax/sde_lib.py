@@ -110,16 +110,16 @@ def _timestep(t, N, T):
   return (t * (N - 1) / T).astype(jnp.int32)
 
 
-@dataclasses.dataclass(frozen=True)
-class VPSDE(SDE):
-  """Variance preserving SDE: dx = -beta(t)/2 x dt + sqrt(beta(t)) dw, beta linear.
+class _LinearBetaSchedule(SDE):
+  """beta(t) = beta_min + t (beta_max - beta_min), shared by VP and sub-VP.
 
-  Its discretization is DDPM's Markov chain with betas linspace(beta_min/N, beta_max/N, N).
+  The discrete betas are DDPM's, linspace(beta_min / N, beta_max / N, N); the Langevin
+  corrector and ancestral sampling use them for sub-VP as well as VP.
   """
 
-  beta_min: float = 0.1
-  beta_max: float = 20.0
-  N: int = 1000
+  beta_min: float
+  beta_max: float
+  N: int
 
   def beta(self, t):
     return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -148,6 +148,24 @@ class VPSDE(SDE):
   def sqrt_1m_alphas_cumprod(self):
     return jnp.sqrt(1.0 - self.alphas_cumprod)
 
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDE(_LinearBetaSchedule):
+  """Variance preserving SDE: dx = -beta(t)/2 x dt + sqrt(beta(t)) dw, beta linear.
+
+  Its discretization is DDPM's Markov chain.
+  """
+
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  N: int = 1000
+
   def sde(self, x, t):
     beta_t = self.beta(t)
     return -0.5 * batch_mul(beta_t, x), jnp.sqrt(beta_t)
@@ -155,12 +173,6 @@ class VPSDE(SDE):
   def marginal_prob(self, x, t):
     lmc = self.log_mean_coeff(t)
     return batch_mul(jnp.exp(lmc), x), jnp.sqrt(-jnp.expm1(2.0 * lmc))
-
-  def prior_sampling(self, rng, shape):
-    return jax.random.normal(rng, shape)
-
-  def prior_logp(self, z):
-    return _standard_normal_logp(z, 1.0)
 
   def discretize(self, x, t):
     """DDPM: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
@@ -171,15 +183,12 @@ class VPSDE(SDE):
 
 
 @dataclasses.dataclass(frozen=True)
-class subVPSDE(SDE):
+class subVPSDE(_LinearBetaSchedule):
   """sub-VP SDE: VP drift, diffusion sqrt(beta(t) (1 - exp(-2 int_0^t beta)))."""
 
   beta_min: float = 0.1
   beta_max: float = 20.0
   N: int = 1000
-
-  beta = VPSDE.beta
-  log_mean_coeff = VPSDE.log_mean_coeff
 
   def sde(self, x, t):
     beta_t = self.beta(t)
@@ -190,18 +199,14 @@ class subVPSDE(SDE):
     lmc = self.log_mean_coeff(t)
     return batch_mul(jnp.exp(lmc), x), -jnp.expm1(2.0 * lmc)
 
-  def prior_sampling(self, rng, shape):
-    return jax.random.normal(rng, shape)
-
-  def prior_logp(self, z):
-    return _standard_normal_logp(z, 1.0)
-
 
 @dataclasses.dataclass(frozen=True)
 class VESDE(SDE):
   """Variance exploding SDE: sigma(t) = sigma_min (sigma_max / sigma_min)^t, zero drift.
 
   Its discretization is SMLD's: noise levels geometric from sigma_min to sigma_max.
+  As in the paper, `marginal_prob` has std sigma(t), not sqrt(sigma(t)^2 - sigma_min^2):
+  the data are taken to be already perturbed at the smallest noise level sigma_min.
   """
 
   sigma_min: float = 0.01

@@ -1,0 +1,204 @@
+"""Training objectives and the jit-compiled training step.
+
+A network enters the objectives as `apply_fn(params, x, labels, rng) -> output`, its raw
+output (the dropout `rng` is unused by deterministic models). The SDE-specific meaning of
+labels and outputs is applied by `models.model_fn_to_score_fn`, the single place that
+holds those conventions; the discrete SMLD and DDPM losses use the raw output directly,
+as in the reference.
+
+A loss function is `loss_fn(params, batch, rng) -> loss` with `batch: [B, H, W, C]`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from scoresde_jax import sde_lib
+from scoresde_jax.models.utils import model_fn_to_score_fn
+from scoresde_jax.sde_lib import batch_mul
+
+ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def _per_example(losses, reduce_mean):
+  """Mean (reduce_mean) or half sum over the data dimensions: [B, ...] -> [B]."""
+  flat = losses.reshape(losses.shape[0], -1)
+  return jnp.mean(flat, axis=-1) if reduce_mean else 0.5 * jnp.sum(flat, axis=-1)
+
+
+def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, continuous: bool = True,
+                    reduce_mean: bool = True, likelihood_weighting: bool = False,
+                    eps: float = 1e-5):
+  """Denoising score matching over t ~ U(eps, T).
+
+  Weighting lambda(t) = std(t)^2 (the paper's) by default: E |std * score + z|^2; with
+  `likelihood_weighting`, lambda(t) = g(t)^2 (Song et al. 2021, maximum likelihood training):
+  E g^2 |score + z / std|^2.
+  """
+
+  def loss_fn(params, batch, rng):
+    t_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
+    t = jax.random.uniform(t_rng, (batch.shape[0],), minval=eps, maxval=sde.T)
+    z = jax.random.normal(z_rng, batch.shape, batch.dtype)
+    mean, std = sde.marginal_prob(batch, t)
+    perturbed = mean + batch_mul(std, z)
+    model_fn = lambda x, labels: apply_fn(params, x, labels, dropout_rng)
+    score = model_fn_to_score_fn(sde, model_fn, continuous)(perturbed, t).astype(jnp.float32)
+    if likelihood_weighting:
+      g2 = sde.sde(jnp.zeros_like(batch), t)[1] ** 2
+      losses = _per_example(jnp.square(score + batch_mul(1.0 / std, z)), reduce_mean) * g2
+    else:
+      losses = _per_example(jnp.square(batch_mul(std, score) + z), reduce_mean)
+    return jnp.mean(losses)
+
+  return loss_fn
+
+
+def get_smld_loss_fn(vesde: sde_lib.VESDE, apply_fn: ApplyFn, reduce_mean: bool = False):
+  """NCSN's discrete loss: sigma^2-weighted score matching at the N noise levels.
+
+  Labels are noise-level indices with 0 the largest sigma, as SMLD models expect.
+  """
+  if not isinstance(vesde, sde_lib.VESDE):
+    raise ValueError('The SMLD loss is defined for the VE SDE (config.training.sde = "vesde").')
+
+  def loss_fn(params, batch, rng):
+    label_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
+    labels = jax.random.randint(label_rng, (batch.shape[0],), 0, vesde.N)
+    sigmas = vesde.discrete_sigmas[::-1][labels]
+    noise = batch_mul(sigmas, jax.random.normal(z_rng, batch.shape, batch.dtype))
+    score = apply_fn(params, batch + noise, labels, dropout_rng).astype(jnp.float32)
+    target = -batch_mul(1.0 / sigmas**2, noise)
+    return jnp.mean(_per_example(jnp.square(score - target), reduce_mean) * sigmas**2)
+
+  return loss_fn
+
+
+def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, apply_fn: ApplyFn, reduce_mean: bool = True):
+  """DDPM's discrete epsilon-matching loss at the N steps of its Markov chain."""
+  if not isinstance(vpsde, sde_lib.VPSDE):
+    raise ValueError('The DDPM loss is defined for the VP SDE (config.training.sde = "vpsde").')
+
+  def loss_fn(params, batch, rng):
+    label_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
+    labels = jax.random.randint(label_rng, (batch.shape[0],), 0, vpsde.N)
+    noise = jax.random.normal(z_rng, batch.shape, batch.dtype)
+    perturbed = (batch_mul(vpsde.sqrt_alphas_cumprod[labels], batch)
+                 + batch_mul(vpsde.sqrt_1m_alphas_cumprod[labels], noise))
+    out = apply_fn(params, perturbed, labels, dropout_rng).astype(jnp.float32)
+    return jnp.mean(_per_example(jnp.square(out - noise), reduce_mean))
+
+  return loss_fn
+
+
+def get_loss_fn(sde, apply_fn, continuous=True, reduce_mean=False, likelihood_weighting=False,
+                eps=1e-5):
+  """The paper's objective for `sde`: continuous DSM, or SMLD / DDPM when not continuous."""
+  if continuous:
+    return get_sde_loss_fn(sde, apply_fn, True, reduce_mean, likelihood_weighting, eps)
+  if likelihood_weighting:
+    raise ValueError('Likelihood weighting needs continuous training (config.training.continuous).')
+  if isinstance(sde, sde_lib.VESDE):
+    return get_smld_loss_fn(sde, apply_fn, reduce_mean)
+  if isinstance(sde, sde_lib.VPSDE):
+    return get_ddpm_loss_fn(sde, apply_fn, reduce_mean)
+  raise ValueError(f'Discrete-time training is defined for VESDE and VPSDE, not {type(sde).__name__}.')
+
+
+# ----------------------------------------------------------------------------------------
+# Optimization
+
+
+def get_optimizer(lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1: float = 0.9,
+                  beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                  ) -> optax.GradientTransformation:
+  """Adam as the reference configures it.
+
+  The learning rate ramps linearly, lr * min(step / warmup, 1) with step counted from 0
+  (so the very first update has learning rate 0, as in the reference); gradients are clipped
+  to global norm `grad_clip` (off when negative); weight decay is decoupled (AdamW).
+  """
+  if warmup > 0:
+    schedule = lambda count: lr * jnp.minimum(count / warmup, 1.0)
+  else:
+    schedule = lr
+  parts = []
+  if grad_clip >= 0:
+    parts.append(optax.clip_by_global_norm(grad_clip))
+  parts.append(optax.adamw(schedule, b1=beta1, b2=beta2, eps=eps, weight_decay=weight_decay))
+  return optax.chain(*parts)
+
+
+def optimizer_from_config(config) -> optax.GradientTransformation:
+  optim = config.optim
+  if optim.optimizer.lower() != 'adam':
+    raise ValueError(f'Unknown optimizer {optim.optimizer!r} (config.optim.optimizer); '
+                     'supported: Adam.')
+  return get_optimizer(optim.lr, optim.warmup, optim.grad_clip, optim.beta1,
+                       optim.get('beta2', 0.999), optim.eps, optim.weight_decay)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs to continue exactly.
+
+  `rng` is the run's base key; the key of step s is fold_in(rng, s), so the random stream
+  depends only on (rng, step) and not on how steps were grouped into compiled calls.
+  """
+
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation, rng) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                    opt_state=optimizer.init(params), rng=rng)
+
+
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def get_step_fn(loss_fn, optimizer: optax.GradientTransformation | None = None,
+                ema_rate: float = 0.999, train: bool = True):
+  """`step(state, batch) -> (state, metrics)`: one optimizer and EMA update.
+
+  With `train=False` it evaluates the loss at the EMA parameters and leaves the state as is.
+  Written for the global view: under `jit` with the batch sharded over devices, the mean
+  loss and its gradient are over the global batch, so no explicit all-reduce appears here.
+  """
+
+  def step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if not train:
+      return state, {'loss': loss_fn(state.ema_params, batch, rng)}
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree_util.tree_map(lambda e, p: e * ema_rate + p * (1.0 - ema_rate),
+                                        state.ema_params, params)
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                              opt_state=opt_state)
+    return new_state, {'loss': loss, 'grad_norm': _global_norm(grads)}
+
+  return step
+
+
+def get_multi_step_fn(step_fn):
+  """Fuses several steps into one call: `batches: [n, B, ...]` -> metrics stacked `[n]`.
+
+  The reference's `n_jitted_steps`: amortizes dispatch and host overhead over n steps.
+  """
+
+  def multi_step(state, batches):
+    return jax.lax.scan(step_fn, state, batches)
+
+  return multi_step
