@@ -298,14 +298,17 @@ def _ode_solver(method: str):
     raise ValueError(f'Unknown ODE method {method!r}; expected one of {sorted(_ODE_SOLVERS)}.') from None
 
 
-def _fsal_nfe(solver, stats) -> jax.Array:
+def _solver_nfe(solver, stats) -> jax.Array:
   """Score evaluations of an adaptive diffrax solve.
 
-  Explicit RK solvers in diffrax evaluate the vector field once at the start, twice to pick
-  the initial step, and (stages - 1) times per step (accepted or rejected) thanks to FSAL.
+  First-same-as-last tableaus (Dopri5, Tsit5, Bosh3, Dopri8) cost one evaluation at the
+  start and one per further stage on every step, accepted or rejected; others (Heun) cost
+  one per stage. Checked against counted calls in tests/test_sampling.py.
   """
   stages = len(solver.tableau.c) + 1
-  return 3 + (stages - 1) * stats['num_steps']
+  if solver.tableau.fsal:
+    return 1 + (stages - 1) * stats['num_steps']
+  return stages * stats['num_steps']
 
 
 def solve_probability_flow(sde, score_fn, x, t0: float, t1: float, *, rtol=1e-5, atol=1e-5,
@@ -333,7 +336,7 @@ def solve_probability_flow(sde, score_fn, x, t0: float, t1: float, *, rtol=1e-5,
       stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
       saveat=diffrax.SaveAt(t1=True))
   y1 = jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
-  nfe = _fsal_nfe(solver, sol.stats)
+  nfe = _solver_nfe(solver, sol.stats)
   if extra is None:
     return y1, None, nfe
   return y1[0], y1[1], nfe
