@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde_jax import sde_lib
+from scoresde_jax.parallel import constrain
 from scoresde_jax.sde_lib import batch_mul
 
 
@@ -201,10 +202,6 @@ def no_corrector(rng, x, t, sde, score_fn, snr, n_steps):
 # Samplers
 
 
-def _constrain(x, sharding):
-  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
-
-
 def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'reverse_diffusion',
                    corrector: str = 'langevin', snr: float = 0.16, n_steps: int = 1,
                    probability_flow: bool = False, denoise: bool = True, eps: float = 1e-3,
@@ -248,7 +245,7 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'rev
   @jax.jit
   def run(rng, score_fn):
     rng, prior_rng = jax.random.split(rng)
-    x = _constrain(sde.prior_sampling(prior_rng, shape), sharding)
+    x = constrain(sde.prior_sampling(prior_rng, shape), sharding)
     timesteps = jnp.linspace(sde.T, eps, num_steps)
     traj = None if trajectory_steps is None else jnp.zeros((len(trajectory_steps),) + shape, x.dtype)
 
@@ -259,7 +256,7 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'rev
       c_rng, p_rng = jax.random.split(step_rng)
       x, x_mean = corrector_update.fn(c_rng, x, t, sde, score_fn, snr, n_steps)
       x, x_mean = predictor_update.fn(p_rng, x, t, sde, score_fn, probability_flow)
-      x, x_mean = _constrain(x, sharding), _constrain(x_mean, sharding)
+      x, x_mean = constrain(x, sharding), constrain(x_mean, sharding)
       if traj is not None:
         slot = jnp.asarray(record)[i]
         traj = jax.lax.cond(slot >= 0, lambda: traj.at[slot].set(x_mean), lambda: traj)
@@ -358,13 +355,13 @@ def get_ode_sampler(sde: sde_lib.SDE, shape: Sequence[int], denoise: bool = Fals
   def run(rng, score_fn, z):
     rng, prior_rng = jax.random.split(rng)
     x = sde.prior_sampling(prior_rng, shape) if z is None else z
-    x = _constrain(x, sharding)
+    x = constrain(x, sharding)
     x, _, nfe = solve_probability_flow(sde, score_fn, x, sde.T, eps, rtol=rtol, atol=atol,
                                        method=method)
     if denoise:
       _, x = reverse_diffusion_predictor(rng, x, jnp.full((shape[0],), eps), sde, score_fn)
       nfe = nfe + 1
-    return _constrain(x, sharding), nfe
+    return constrain(x, sharding), nfe
 
   def sampler(rng, score_fn, z=None):
     if z is not None and tuple(z.shape) != shape:
