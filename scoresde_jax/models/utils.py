@@ -120,8 +120,21 @@ def model_fn_to_score_fn(sde: sde_lib.SDE, model_fn: ModelFn, continuous: bool):
   return score_fn
 
 
-def get_score_fn(sde, model, params, continuous: bool, train: bool = False, rng=None):
-  """`score_fn(x, t)` of a network with parameters `params` (see `model_fn_to_score_fn`)."""
-  return model_fn_to_score_fn(sde, get_model_fn(model, params, train=train, rng=rng), continuous)
+_SCORE_CALLABLES: dict = {}
 
 
+def get_score_fn(sde, model, params, continuous: bool):
+  """`score_fn(x, t)` of a network with parameters `params` (see `model_fn_to_score_fn`).
+
+  Evaluation mode (no dropout). The result is a `jax.tree_util.Partial` holding `params` as
+  its argument, so samplers receive the parameters as inputs of their compiled program
+  rather than as constants, and one compilation serves every checkpoint of a model.
+  """
+  key = (sde, id(model), continuous)
+  if key not in _SCORE_CALLABLES:
+
+    def score(params, x, t):
+      return model_fn_to_score_fn(sde, get_model_fn(model, params), continuous)(x, t)
+
+    _SCORE_CALLABLES[key] = (model, score)  # holding the model keeps its id unique
+  return jax.tree_util.Partial(_SCORE_CALLABLES[key][1], params)

@@ -1,0 +1,289 @@
+"""Parameters of the official score_sde checkpoints -> this project's Flax parameter trees.
+
+Two sources:
+  * score_sde_pytorch `.pth` files: `model` is a (DataParallel) state dict with keys
+    `module.all_modules.{i}.{Sub_j}.{leaf}` in module-creation order plus a `sigmas`
+    buffer; `ema.shadow_params` is a positional list aligned with the trainable parameters
+    (so it lacks the fixed Fourier-feature `W`, which only the model state dict has).
+  * the original JAX release: flax msgpack files holding the training `State`, parameters
+    under `params_ema` and `optimizer.target`, already in our layout (same auto-names).
+
+PyTorch modules are matched to Flax modules by creation order: the i-th top-level
+PyTorch module with parameters is the i-th top-level Flax module with parameters (the
+Flax order is recorded by tracing the network's `init`). Within a module the sub-module
+names coincide (`GroupNorm_0`, `Conv_1`, `Dense_0`, `NIN_0`, `Conv2d_0`). Leaves:
+conv weight OIHW -> kernel HWIO, Linear weight [out, in] -> kernel [in, out], GroupNorm
+weight -> scale, `bias`/`W`/`b` unchanged, StyleGAN-style `Conv2d.weight` OIHW -> HWIO.
+
+Usage:
+  python -m scoresde_jax.convert --config configs/ve/cifar10_ncsnpp_continuous.py \
+      --checkpoint checkpoint_24.pth --output params.msgpack [--no-ema]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = dict
+
+_ALL_MODULES = re.compile(r'^all_modules\.(\d+)\.(.+)$')
+# The only top-level buffer of the reference networks; not a parameter.
+_BUFFERS = ('sigmas',)
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Drops DataParallel's `module.` prefix (if every key has it); values -> numpy."""
+  keys = list(state_dict)
+  strip = bool(keys) and all(k.startswith('module.') for k in keys)
+  return {(k[len('module.'):] if strip else k): np.asarray(v) for k, v in state_dict.items()}
+
+
+def _param_shapes(config):
+  """(model, Flax parameter shapes, top-level module names in creation order)."""
+  from scoresde_jax.models import utils as mutils  # registry; imports architectures lazily
+  model = mutils.get_model(config)
+  order: list[str] = []
+
+  def record(next_fun, args, kwargs, context):
+    # Direct children of the network have a one-element scope path, e.g. ('Conv_0',).
+    path = context.module.scope.path if context.module.scope is not None else ()
+    if len(path) == 1 and path[0] not in order:
+      order.append(path[0])
+    return next_fun(*args, **kwargs)
+
+  size = config.data.image_size
+  x = jnp.zeros((1, size, size, config.data.num_channels), jnp.float32)
+  labels = jnp.ones((1,), jnp.float32)
+
+  def init():
+    with nn.intercept_methods(record):
+      return model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
+                        x, labels, train=False)
+
+  shapes = jax.eval_shape(init)['params']
+  return model, shapes, [name for name in order if name in shapes]
+
+
+def _convert_leaf(torch_leaf: str, value: np.ndarray, flax_node: Mapping[str, Any],
+                  where: str) -> tuple[str, np.ndarray]:
+  """Flax (leaf name, array) for a PyTorch leaf inside the Flax module `flax_node`."""
+  if torch_leaf == 'weight':
+    if 'kernel' in flax_node:  # nn.Conv / nn.Dense
+      if value.ndim == 4:
+        return 'kernel', value.transpose(2, 3, 1, 0)
+      if value.ndim == 2:
+        return 'kernel', value.T
+    elif 'scale' in flax_node:  # GroupNorm
+      return 'scale', value
+    elif 'weight' in flax_node and value.ndim == 4:  # up_or_down_sampling.Conv2d
+      return 'weight', value.transpose(2, 3, 1, 0)
+    raise ValueError(f'Cannot map PyTorch weight {where} of shape {value.shape} onto Flax '
+                     f'module with leaves {sorted(flax_node)}.')
+  return torch_leaf, value
+
+
+def torch_state_dict_to_params(state_dict: Mapping[str, Any], config) -> Params:
+  """Flax params of `config`'s network from a score_sde_pytorch model state dict.
+
+  Args:
+    state_dict: name -> array (numpy or anything `np.asarray` takes), with or without the
+      DataParallel `module.` prefix. The `sigmas` buffer is ignored, as are the
+      per-block `Dense_0` layers PyTorch creates (but never uses) when
+      `config.model.conditional` is False.
+    config: the ConfigDict the checkpoint was trained with.
+  Returns:
+    nested dict of float32 jax arrays, the `params` collection of `get_model(config)`.
+  Raises:
+    ValueError: keys or shapes that do not fit the network built from `config`.
+  """
+  sd = _strip_prefix(state_dict)
+  _, shapes, flax_order = _param_shapes(config)
+  by_module: dict[int, dict[str, np.ndarray]] = {}
+  for key, value in sd.items():
+    if key in _BUFFERS:
+      continue
+    match = _ALL_MODULES.match(key)
+    if not match:
+      raise ValueError(f'Unexpected state-dict key {key!r}: expected all_modules.<i>.<name> '
+                       '(is this a score_sde_pytorch ncsnpp/ddpm state dict?).')
+    by_module.setdefault(int(match.group(1)), {})[match.group(2)] = value
+  torch_order = sorted(by_module)
+  if len(torch_order) != len(flax_order):
+    raise ValueError(f'The state dict has {len(torch_order)} modules with parameters, the '
+                     f'network built from this config has {len(flax_order)}: the config does '
+                     'not match the checkpoint.')
+
+  conditional = bool(config.model.conditional)
+  params: dict[str, Any] = {}
+  for index, flax_name in zip(torch_order, flax_order):
+    flax_tree = shapes[flax_name]
+    out: dict[str, Any] = {}
+    for sub_key, value in by_module[index].items():
+      parts = sub_key.split('.')
+      where = f'all_modules.{index}.{sub_key}'
+      node, target = flax_tree, out
+      skip = False
+      for depth, part in enumerate(parts[:-1]):
+        if part not in node:
+          if part == 'Dense_0' and depth == 0 and not conditional:
+            skip = True  # PyTorch builds it for unconditional nets too; it is unused.
+            break
+          raise ValueError(f'{where}: Flax module {flax_name} has no sub-module {part!r} '
+                           f'(has {sorted(node)}); the config does not match the checkpoint.')
+        node = node[part]
+        target = target.setdefault(part, {})
+      if skip:
+        continue
+      leaf, array = _convert_leaf(parts[-1], np.asarray(value, np.float32), node, where)
+      if leaf not in node or not hasattr(node[leaf], 'shape'):
+        raise ValueError(f'{where}: Flax module {flax_name} has no parameter {leaf!r}.')
+      if tuple(node[leaf].shape) != array.shape:
+        raise ValueError(f'{where}: shape {array.shape} (after layout conversion) does not '
+                         f'match {flax_name} {leaf} {tuple(node[leaf].shape)}.')
+      target[leaf] = jnp.asarray(array)
+    params[flax_name] = out
+
+  missing = [jax.tree_util.keystr(path) for path, _ in
+             jax.tree_util.tree_flatten_with_path(shapes)[0]
+             if _get(params, path) is None]
+  if missing:
+    raise ValueError(f'Parameters missing from the state dict: {missing[:10]}'
+                     f'{" ..." if len(missing) > 10 else ""}')
+  return params
+
+
+def _get(tree, path):
+  for entry in path:
+    if not isinstance(tree, dict) or entry.key not in tree:
+      return None
+    tree = tree[entry.key]
+  return tree
+
+
+def _is_fixed(key: str) -> bool:
+  """Non-trainable entries of a stripped state dict: buffers and the Fourier `W`."""
+  return key in _BUFFERS or re.fullmatch(r'all_modules\.\d+\.W', key) is not None
+
+
+def ema_shadow_to_params(shadow_params: Sequence[Any], model_state_dict: Mapping[str, Any],
+                         config) -> Params:
+  """Flax params holding the EMA weights of a score_sde_pytorch checkpoint.
+
+  Args:
+    shadow_params: `checkpoint['ema']['shadow_params']`, the EMA copies of the trainable
+      parameters in `model.parameters()` order (= state-dict order without buffers and the
+      fixed Fourier `W`).
+    model_state_dict: `checkpoint['model']`, which names the entries and supplies `W`.
+    config: the ConfigDict the checkpoint was trained with.
+  """
+  sd = _strip_prefix(model_state_dict)
+  trainable = [k for k in sd if not _is_fixed(k)]
+  if len(trainable) != len(shadow_params):
+    raise ValueError(f'EMA has {len(shadow_params)} shadow parameters but the model state '
+                     f'dict has {len(trainable)} trainable entries.')
+  merged = dict(sd)
+  for key, shadow in zip(trainable, shadow_params):
+    shadow = np.asarray(shadow)
+    if shadow.shape != sd[key].shape:
+      raise ValueError(f'EMA shadow parameter for {key} has shape {shadow.shape}, the model '
+                       f'has {sd[key].shape}: the EMA list is not aligned with the model.')
+    merged[key] = shadow
+  return torch_state_dict_to_params(merged, config)
+
+
+def torch_checkpoint_to_params(path: str, config, use_ema: bool = True) -> Params:
+  """Flax params from a score_sde_pytorch `.pth` checkpoint file (EMA weights by default).
+
+  Reads the file without torch and without unpickling arbitrary objects
+  (`scoresde_jax.evaluation.weights.load_torch_state_dict`, which flattens nested keys
+  with '.'). Accepts a full training checkpoint (`model`, `ema`, `optimizer`, `step`) or
+  a bare model state dict (then `use_ema` must be False).
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'No checkpoint at {path!r}.')
+  from scoresde_jax.evaluation.weights import load_torch_state_dict  # lazy: optional part
+  flat = load_torch_state_dict(path)
+  model_sd = {k[len('model.'):]: v for k, v in flat.items() if k.startswith('model.')}
+  if not model_sd:  # a bare state dict
+    if use_ema:
+      raise ValueError(f'{path!r} is a bare state dict without EMA weights; '
+                       'pass use_ema=False.')
+    return torch_state_dict_to_params(flat, config)
+  if not use_ema:
+    return torch_state_dict_to_params(model_sd, config)
+  prefix = 'ema.shadow_params.'
+  shadow = {int(k[len(prefix):]): v for k, v in flat.items() if k.startswith(prefix)}
+  if not shadow:
+    raise ValueError(f'{path!r} has no ema.shadow_params; pass use_ema=False.')
+  if sorted(shadow) != list(range(len(shadow))):
+    raise ValueError(f'{path!r}: ema.shadow_params indices are not 0..{len(shadow) - 1}.')
+  return ema_shadow_to_params([shadow[i] for i in range(len(shadow))], model_sd, config)
+
+
+def jax_msgpack_to_params(path: str, use_ema: bool = True) -> Params:
+  """Flax params from an original score_sde (JAX) checkpoint file.
+
+  The file is a flax-serialized training `State`; the EMA parameters are `params_ema`,
+  the raw ones `optimizer.target`. Their tree already has this project's names.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'No checkpoint at {path!r}.')
+  with open(path, 'rb') as f:
+    try:
+      state = flax.serialization.msgpack_restore(f.read())
+    except Exception as e:  # msgpack raises several types on corrupt input
+      raise ValueError(f'{path!r} is not a flax msgpack checkpoint: {e}') from e
+  if not isinstance(state, dict):
+    raise ValueError(f'{path!r} does not hold a training State dict.')
+  if use_ema:
+    if 'params_ema' not in state:
+      raise ValueError(f'{path!r} has no params_ema (keys: {sorted(state)}).')
+    params = state['params_ema']
+  else:
+    target = state.get('optimizer', {})
+    if not isinstance(target, dict) or 'target' not in target:
+      raise ValueError(f'{path!r} has no optimizer.target (keys: {sorted(state)}).')
+    params = target['target']
+  # Some releases nest the tree under 'params' (a full variables dict); unwrap it.
+  if isinstance(params, dict) and set(params) == {'params'}:
+    params = params['params']
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+
+def _load_config(path: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('_scoresde_config', path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f'Cannot load config file {path!r}.')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', required=True, help='config file with get_config()')
+  parser.add_argument('--checkpoint', required=True, help='.pth (PyTorch) or JAX msgpack')
+  parser.add_argument('--output', required=True, help='where to write the params (msgpack)')
+  parser.add_argument('--no-ema', action='store_true', help='raw instead of EMA weights')
+  args = parser.parse_args(argv)
+  config = _load_config(args.config)
+  if args.checkpoint.endswith(('.pth', '.pt')):
+    params = torch_checkpoint_to_params(args.checkpoint, config, use_ema=not args.no_ema)
+  else:
+    params = jax_msgpack_to_params(args.checkpoint, use_ema=not args.no_ema)
+  with open(args.output, 'wb') as f:
+    f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+  print(f'Wrote {args.output}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,105 @@
+"""DDPM U-Net (Ho et al. 2020) as configured in score_sde. Registered as 'ddpm'.
+
+`DDPM(config=config).apply({'params': p}, x, labels, train=...)`:
+  x: [B, H, W, C] float32 (in [0, 1] unless `config.data.centered`, then [-1, 1]);
+  labels: [B] timesteps (integers for discrete DDPM, t * 999 for continuous training);
+  returns [B, H, W, C] float32 (divided by sigmas[labels] when `scale_by_sigma`).
+
+Unlike the PyTorch port, `conditional=False` builds (no time embedding, no per-block
+Dense layers, as in the original Flax model). GroupNorm uses 32 groups, so every channel
+count (nf * ch_mult) must be a multiple of 32.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from scoresde_jax.models import layers
+from scoresde_jax.models.utils import register_model
+
+
+@register_model(name='ddpm')
+class DDPM(nn.Module):
+  """DDPM score/noise network (see module docstring for the call signature)."""
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, labels, train: bool = True):
+    config = self.config
+    m = config.model
+    act = layers.get_act(config)
+    dtype = layers.get_dtype(config)
+    normalization = m.get('normalization', 'GroupNorm')
+    if normalization != 'GroupNorm':
+      raise ValueError(f"ddpm supports config.model.normalization='GroupNorm' only, "
+                       f'got {normalization!r}.')
+    nf = m.nf
+    ch_mult = tuple(m.ch_mult)
+    num_res_blocks = m.num_res_blocks
+    attn_resolutions = tuple(m.attn_resolutions)
+    num_resolutions = len(ch_mult)
+    for ch in (nf,) + tuple(nf * c for c in ch_mult):
+      if ch % 32:
+        raise ValueError(f'ddpm GroupNorm uses 32 groups: channel count {ch} '
+                         '(config.model.nf * ch_mult) must be a multiple of 32.')
+    if x.ndim != 4:
+      raise ValueError(f'x must be [B, H, W, C], got shape {x.shape}.')
+    if labels.shape != (x.shape[0],):
+      raise ValueError(f'labels must be [B] = [{x.shape[0]}], got shape {labels.shape}.')
+    if x.shape[1] % (2 ** (num_resolutions - 1)) or x.shape[2] % (2 ** (num_resolutions - 1)):
+      raise ValueError(f'Image size {x.shape[1:3]} is not divisible by '
+                       f'2^{num_resolutions - 1} (len(config.model.ch_mult) - 1 halvings).')
+
+    attn_block = functools.partial(layers.AttnBlock, dtype=dtype)
+    resnet_block = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=m.dropout,
+                                     dtype=dtype)
+
+    if m.conditional:
+      temb = layers.get_timestep_embedding(labels, nf)
+      dense = functools.partial(nn.Dense, nf * 4, kernel_init=layers.default_init(),
+                                dtype=dtype, param_dtype=jnp.float32)
+      temb = dense()(temb)
+      temb = dense()(act(temb))
+    else:
+      temb = None
+
+    x = x.astype(jnp.float32)
+    h = x if config.data.centered else 2 * x - 1.
+
+    hs = [layers.conv3x3(h, nf, dtype=dtype)]
+    for i_level in range(num_resolutions):
+      for _ in range(num_res_blocks):
+        h = resnet_block(out_ch=nf * ch_mult[i_level])(hs[-1], temb, train)
+        if h.shape[1] in attn_resolutions:
+          h = attn_block()(h)
+        hs.append(h)
+      if i_level != num_resolutions - 1:
+        hs.append(layers.Downsample(with_conv=m.resamp_with_conv, dtype=dtype)(hs[-1]))
+
+    h = hs[-1]
+    h = resnet_block()(h, temb, train)
+    h = attn_block()(h)
+    h = resnet_block()(h, temb, train)
+
+    for i_level in reversed(range(num_resolutions)):
+      for _ in range(num_res_blocks + 1):
+        skip = hs.pop()
+        h = resnet_block(out_ch=nf * ch_mult[i_level])(
+            jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb, train)
+      if h.shape[1] in attn_resolutions:
+        h = attn_block()(h)
+      if i_level != 0:
+        h = layers.Upsample(with_conv=m.resamp_with_conv, dtype=dtype)(h)
+
+    assert not hs
+    h = act(layers.group_norm(h, 32, dtype))
+    h = layers.conv3x3(h, x.shape[-1], init_scale=0., dtype=dtype)
+    h = h.astype(jnp.float32)
+
+    if m.scale_by_sigma:
+      sigmas = jnp.asarray(layers.get_sigmas(config))
+      h = h / sigmas[labels.astype(jnp.int32)].reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+    return h

@@ -1,0 +1,206 @@
+"""Layers shared by the DDPM and NCSN++ networks (Flax linen, NHWC).
+
+Module and parameter names equal the auto-generated names of the original score_sde
+Flax code (`Conv_0`, `GroupNorm_0`, `Dense_0`, `NIN_0` with `W`/`b`, ...), so its
+checkpoints load without renaming. Helper functions such as `conv3x3` create their
+`nn.Conv` inside the calling compact module, exactly as the reference does, which is what
+makes the names line up.
+
+Precision: parameters are always float32; `dtype` is the compute dtype. Normalization
+statistics, attention softmax and embeddings are computed in float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scoresde_jax.models import up_or_down_sampling
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def get_dtype(config):
+  """Compute dtype named by `config.model.dtype` ('float32' default, or 'bfloat16')."""
+  name = config.model.get('dtype', 'float32')
+  if name not in _DTYPES:
+    raise ValueError(f'config.model.dtype must be one of {sorted(_DTYPES)}, got {name!r}.')
+  return _DTYPES[name]
+
+
+def get_act(config) -> Callable[[jax.Array], jax.Array]:
+  """Activation named by `config.model.nonlinearity` (elu | relu | lrelu | swish)."""
+  name = config.model.nonlinearity.lower()
+  if name == 'elu':
+    return nn.elu
+  if name == 'relu':
+    return nn.relu
+  if name == 'lrelu':
+    return lambda x: nn.leaky_relu(x, negative_slope=0.2)
+  if name == 'swish':
+    return nn.swish
+  raise ValueError(f'Unknown config.model.nonlinearity {name!r}; '
+                   "expected 'elu', 'relu', 'lrelu' or 'swish'.")
+
+
+def get_sigmas(config) -> np.ndarray:
+  """SMLD noise levels, geometric from sigma_max down to sigma_min: [num_scales] float32."""
+  return np.exp(np.linspace(np.log(config.model.sigma_max), np.log(config.model.sigma_min),
+                            config.model.num_scales)).astype(np.float32)
+
+
+def default_init(scale: float = 1.):
+  """DDPM initialization: variance scaling, fan_avg, uniform. Scale 0 means 1e-10."""
+  scale = 1e-10 if scale == 0 else scale
+  return nn.initializers.variance_scaling(scale, 'fan_avg', 'uniform')
+
+
+def conv1x1(x, out_planes: int, stride: int = 1, bias: bool = True, init_scale: float = 1.,
+            dtype=jnp.float32):
+  """1x1 convolution with DDPM initialization, created in the calling compact module."""
+  return nn.Conv(out_planes, kernel_size=(1, 1), strides=(stride, stride), padding='SAME',
+                 use_bias=bias, kernel_init=default_init(init_scale),
+                 bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=jnp.float32)(x)
+
+
+def conv3x3(x, out_planes: int, stride: int = 1, bias: bool = True, init_scale: float = 1.,
+            dtype=jnp.float32):
+  """3x3 'SAME' convolution with DDPM initialization (stride 2 pads 0 before, 1 after)."""
+  return nn.Conv(out_planes, kernel_size=(3, 3), strides=(stride, stride), padding='SAME',
+                 use_bias=bias, kernel_init=default_init(init_scale),
+                 bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=jnp.float32)(x)
+
+
+def group_norm(x, num_groups: int = 32, dtype=jnp.float32):
+  """GroupNorm with eps 1e-6 (the reference's); statistics in float32 (Flax promotes)."""
+  return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype,
+                      param_dtype=jnp.float32)(x)
+
+
+def get_timestep_embedding(timesteps: jax.Array, embedding_dim: int,
+                           max_positions: int = 10000) -> jax.Array:
+  """Sinusoidal embedding of (possibly fractional) timesteps: [B] -> [B, embedding_dim].
+
+  First half sines, second half cosines of timesteps * max_positions^(-i / (half - 1)),
+  zero-padded when `embedding_dim` is odd. Computed in float32.
+  """
+  if timesteps.ndim != 1:
+    raise ValueError(f'timesteps must be 1-D [B], got shape {timesteps.shape}.')
+  half_dim = embedding_dim // 2
+  if half_dim < 2:
+    raise ValueError(f'embedding_dim must be >= 4, got {embedding_dim}.')
+  freq = math.log(max_positions) / (half_dim - 1)
+  freq = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -freq)
+  emb = timesteps.astype(jnp.float32)[:, None] * freq[None, :]
+  emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=1)
+  if embedding_dim % 2 == 1:
+    emb = jnp.pad(emb, [[0, 0], [0, 1]])
+  return emb
+
+
+class NIN(nn.Module):
+  """Per-pixel linear map (1x1 'network in network'): [..., C_in] -> [..., num_units].
+
+  Parameters `W` [C_in, num_units] and `b` [num_units], as in the reference.
+  """
+  num_units: int
+  init_scale: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param('W', default_init(scale=self.init_scale), (x.shape[-1], self.num_units),
+                   jnp.float32)
+    b = self.param('b', nn.initializers.zeros, (self.num_units,), jnp.float32)
+    x = x.astype(self.dtype)
+    return jnp.tensordot(x, w.astype(self.dtype), axes=1) + b.astype(self.dtype)
+
+
+def spatial_attention(q, k, v):
+  """Softmax attention over all H*W positions. q, k, v: [B, H, W, C] -> [B, H, W, C].
+
+  Logits are scaled by C^-1/2; the softmax runs in float32.
+  """
+  b, h, w, c = q.shape
+  q = q.reshape(b, h * w, c)
+  k = k.reshape(b, h * w, c)
+  v = v.reshape(b, h * w, c)
+  logits = jnp.einsum('bqc,bkc->bqk', q, k, preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits * (c ** -0.5), axis=-1)
+  out = jnp.einsum('bqk,bkc->bqc', weights.astype(v.dtype), v)
+  return out.reshape(b, h, w, c)
+
+
+class AttnBlock(nn.Module):
+  """DDPM self-attention block: x + NIN(attention(GroupNorm(x))). [B, H, W, C]."""
+  num_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    h = group_norm(x, self.num_groups, self.dtype)
+    q = NIN(c, dtype=self.dtype)(h)
+    k = NIN(c, dtype=self.dtype)(h)
+    v = NIN(c, dtype=self.dtype)(h)
+    h = spatial_attention(q, k, v)
+    h = NIN(c, init_scale=0., dtype=self.dtype)(h)
+    return x + h
+
+
+class Upsample(nn.Module):
+  """DDPM nearest-neighbour x2 upsampling, optionally followed by a 3x3 conv."""
+  with_conv: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = up_or_down_sampling.naive_upsample_2d(x, factor=2)
+    if self.with_conv:
+      h = conv3x3(h, x.shape[-1], dtype=self.dtype)
+    return h
+
+
+class Downsample(nn.Module):
+  """DDPM x2 downsampling: stride-2 3x3 conv, or 2x2 average pooling."""
+  with_conv: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.with_conv:
+      return conv3x3(x, x.shape[-1], stride=2, dtype=self.dtype)
+    return up_or_down_sampling.naive_downsample_2d(x, factor=2)
+
+
+class ResnetBlockDDPM(nn.Module):
+  """DDPM residual block: [B, H, W, C] (+ temb [B, D]) -> [B, H, W, out_ch]."""
+  act: Callable
+  out_ch: Optional[int] = None
+  conv_shortcut: bool = False
+  dropout: float = 0.1
+  num_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb=None, train: bool = True):
+    c = x.shape[-1]
+    out_ch = self.out_ch if self.out_ch else c
+    h = self.act(group_norm(x, self.num_groups, self.dtype))
+    h = conv3x3(h, out_ch, dtype=self.dtype)
+    if temb is not None:
+      h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype,
+                       param_dtype=jnp.float32)(self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(h, self.num_groups, self.dtype))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv3x3(h, out_ch, init_scale=0., dtype=self.dtype)
+    if c != out_ch:
+      if self.conv_shortcut:
+        x = conv3x3(x, out_ch, dtype=self.dtype)
+      else:
+        x = NIN(out_ch, dtype=self.dtype)(x)
+    return x + h
