@@ -72,6 +72,12 @@ def _lookup(table, kind, name):
     raise ValueError(f'Unknown {kind} {name!r}; registered: {sorted(table)}.') from None
 
 
+def update_nfe(kind: str, name: str, n_steps: int = 1) -> int:
+  """Score evaluations of one registered 'predictor' or 'corrector' update."""
+  table = _PREDICTORS if kind == 'predictor' else _CORRECTORS
+  return _lookup(table, kind, name).nfe(n_steps)
+
+
 def get_predictor(name: str) -> Callable:
   return _lookup(_PREDICTORS, 'predictor', name).fn
 
@@ -234,7 +240,8 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'rev
     raise ValueError('Ancestral sampling has no probability-flow form.')
   shape = tuple(shape)
   num_steps = sde.N
-  nfe = num_steps * (predictor_update.nfe(n_steps) + corrector_update.nfe(n_steps))
+  nfe = num_steps * (update_nfe('predictor', predictor, n_steps)
+                     + update_nfe('corrector', corrector, n_steps))
   record = np.full((num_steps,), -1, np.int32)
   if trajectory_steps is not None:
     steps = [int(i) for i in trajectory_steps]
@@ -410,4 +417,6 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape: Sequence[int], eps: float, 
                            atol=config.sampling.get('atol', 1e-5),
                            method=config.sampling.get('ode_method', 'dopri5'), sharding=sharding)
   from scoresde_jax import fast_solvers  # pylint: disable=import-outside-toplevel
-  return fast_solvers.get_fast_sampler(method, sde, shape, **config.sampling.get('fast', {}))
+  options = dict(config.sampling.get('fast', {}))
+  options.setdefault('eps', eps)
+  return fast_solvers.get_fast_sampler(method, sde, shape, sharding=sharding, **options)
