@@ -1,0 +1,611 @@
+"""Training and evaluation data: the paper's datasets with its preprocessing, and embedded digits.
+
+Every dataset yields Python iterators of numpy batches, dicts
+
+  {'image': float32 [B, H, W, C] in [0, 1], 'label': int32 [B]}
+
+(`label` is -1 for datasets without labels: CelebA, LSUN, CelebA-HQ, FFHQ). Training streams
+carry a leading axis of `training.n_jitted_steps` fused steps, `[k, B, H, W, C]` and `[k, B]`,
+as in the reference. One-pass evaluation streams (`evaluation=True`) keep every example: the
+last batch is padded to full size and every batch carries `'mask': bool [B]` (False on padding).
+Scaling to [-1, 1] for centered models is `get_data_scaler(config)`, applied by the caller.
+
+Datasets (`config.data.dataset`):
+  DIGITS    scikit-learn's 1,797 handwritten 8x8 digits (shipped with scikit-learn, no download),
+            gray levels 0..16 scaled to [0, 1] and repeated to `image_size` (a multiple of 8);
+            a fixed 90/10 train/eval split. Pure numpy: TensorFlow is never imported.
+  CIFAR10   tfds 'cifar10' (train / test), bilinear antialiased resize to `image_size`.
+  SVHN      tfds 'svhn_cropped' (train / test), as CIFAR10.
+  MNIST     tfds 'mnist' (train / test), as CIFAR10; gray, repeated to 3 channels if asked.
+  CELEBA    tfds 'celeb_a' (train / validation): central 140x140 crop, then the shorter side
+            resized to `image_size` (bilinear, antialiased).
+  LSUN      tfds 'lsun/<data.category>' (train / validation): for image_size 128 the shorter
+            side resized to 128 then a central crop; otherwise a central square crop resized
+            bicubically (antialiased) and rounded down to uint8.
+  CelebAHQ, FFHQ  TFRecords at `data.tfrecords_path` (a file or glob), one record per image with
+            features 'shape' (int64 [3], C, H, W) and 'data' (raw uint8 bytes, CHW), as written
+            by the progressive-GAN / StyleGAN `dataset_tool.py`; train and eval read the same files.
+
+Preprocessing as the reference: random left-right flip when `data.random_flip` (training streams
+only), uniform dequantization `(x * 255 + u) / 256`, `u ~ U[0, 1)`, when asked.
+
+Determinism and resumption. A training stream is a pure function of (seed, training step): the
+batch of step s is the same whether the run started at 0 or was resumed with `start_step=s`.
+- DIGITS: the stream is a chain of seeded permutations of the training set (one per epoch);
+  step s takes positions [s * B, (s + 1) * B) of that chain; flips and dequantization noise come
+  from a generator seeded by (seed, s). The global batch does not depend on the number of hosts;
+  each host keeps its slice.
+- tfds / TFRecords: each host reads its own shard (`tfds.even_splits` / `Dataset.shard`). Epoch e
+  reads its shard with files and examples shuffled by a seed derived from (seed, host, e), drops
+  the remainder that does not fill a batch, and draws flips and noise with stateless random ops
+  keyed by (epoch seed, position in epoch). tf.data runs with `deterministic = True`. Resuming
+  at step s starts epoch s // steps_per_epoch and skips the first (s % steps_per_epoch) * B
+  examples of it before decoding work is done on them; it costs reading at most one epoch.
+  For TFRecords the number of records is counted once (one read of the files) when resuming.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import jax
+import numpy as np
+
+SUPPORTED_DATASETS = ('DIGITS', 'CIFAR10', 'SVHN', 'MNIST', 'CELEBA', 'LSUN', 'CelebAHQ', 'FFHQ')
+
+# tfds name, train split, eval split (the reference's choices).
+_TFDS = {
+    'CIFAR10': ('cifar10', 'train', 'test'),
+    'SVHN': ('svhn_cropped', 'train', 'test'),
+    'MNIST': ('mnist', 'train', 'test'),
+    'CELEBA': ('celeb_a', 'train', 'validation'),
+    'LSUN': ('lsun/{category}', 'train', 'validation'),
+}
+_TFRECORDS = ('CelebAHQ', 'FFHQ')
+
+# The digits split is fixed (not config.seed) so every run evaluates on the same held-out images.
+DIGITS_SPLIT_SEED = 0
+DIGITS_EVAL_FRACTION = 0.1
+
+_AUTO = 'auto'
+Batch = Dict[str, np.ndarray]
+
+
+class DatasetNotFoundError(ValueError):
+  """The dataset is not on this machine (or data.tfrecords_path is unset / wrong)."""
+
+
+def get_data_scaler(config) -> Callable:
+  """Maps data in [0, 1] to the model's range: [-1, 1] (`x * 2 - 1`) when data.centered."""
+  if config.data.centered:
+    return lambda x: x * 2. - 1.
+  return lambda x: x
+
+
+def get_data_inverse_scaler(config) -> Callable:
+  """Inverse of `get_data_scaler`: maps the model's range back to [0, 1]."""
+  if config.data.centered:
+    return lambda x: (x + 1.) / 2.
+  return lambda x: x
+
+
+def host_batch_size(batch_size: int, num_devices: int, num_processes: int = 1,
+                    name: str = 'training.batch_size') -> int:
+  """Examples per host of a global batch split over `num_devices` devices on `num_processes` hosts.
+
+  Raises:
+    ValueError: the batch does not split evenly over the devices (or hosts).
+  """
+  if batch_size <= 0:
+    raise ValueError(f'{name}={batch_size} must be positive.')
+  if batch_size % num_devices:
+    raise ValueError(f'{name}={batch_size} is not divisible by the {num_devices} devices; '
+                     f'use a multiple of {num_devices}.')
+  if batch_size % num_processes:
+    raise ValueError(f'{name}={batch_size} is not divisible by the {num_processes} hosts.')
+  return batch_size // num_processes
+
+
+def _seed_int(*entropy: int) -> int:
+  """A 32-bit seed derived from a tuple of ints (independent streams per tuple)."""
+  seq = np.random.SeedSequence([int(e) % 2**64 for e in entropy])
+  return int(seq.generate_state(1, np.uint32)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# DIGITS (pure numpy).
+
+
+def digits_split_indices(num_examples: int = 1797) -> Tuple[np.ndarray, np.ndarray]:
+  """Indices into `sklearn.datasets.load_digits()` of the train and eval sets (disjoint, sorted)."""
+  perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(num_examples)
+  num_eval = int(round(DIGITS_EVAL_FRACTION * num_examples))
+  return np.sort(perm[num_eval:]), np.sort(perm[:num_eval])
+
+
+def load_digits(split: str = 'train', image_size: int = 16,
+                num_channels: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+  """The digits of `split` ('train' or 'eval').
+
+  Returns:
+    images: float32 [N, image_size, image_size, num_channels] in [0, 1] (gray level / 16, each
+      8x8 pixel repeated into an (image_size / 8)-square block);
+    labels: int32 [N], the digit 0..9.
+  """
+  if image_size % 8 or image_size <= 0:
+    raise ValueError(f'data.image_size={image_size}: DIGITS images are 8x8, upsampled by pixel '
+                     'repetition, so image_size must be a positive multiple of 8 (e.g. 16).')
+  if num_channels not in (1, 3):
+    raise ValueError(f'data.num_channels={num_channels}: DIGITS is grayscale; use 1 (or 3).')
+  if split not in ('train', 'eval'):
+    raise ValueError(f"split={split!r}: use 'train' or 'eval'.")
+  # Imported here: scikit-learn is only needed by the digits.
+  from sklearn import datasets as sk_datasets  # pylint: disable=import-outside-toplevel
+  digits = sk_datasets.load_digits()
+  train_idx, eval_idx = digits_split_indices(len(digits.target))
+  idx = train_idx if split == 'train' else eval_idx
+  x = digits.images[idx].astype(np.float32) / 16.
+  r = image_size // 8
+  x = np.repeat(np.repeat(x, r, axis=1), r, axis=2)[..., None]
+  x = np.repeat(x, num_channels, axis=-1)
+  return np.ascontiguousarray(x), digits.target[idx].astype(np.int32)
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator, random_flip: bool,
+             uniform_dequantization: bool) -> np.ndarray:
+  """Random left-right flips and uniform dequantization of x: [B, H, W, C] in [0, 1]."""
+  if random_flip:
+    flip = rng.random(x.shape[0]) < 0.5
+    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+  if uniform_dequantization:
+    x = (x * 255. + rng.random(x.shape, dtype=np.float32)) / 256.
+  return x.astype(np.float32)
+
+
+def digits_batch(images: np.ndarray, labels: np.ndarray, *, seed: int, step: int,
+                 batch_size: int, random_flip: bool = False,
+                 uniform_dequantization: bool = False, stream: int = 0) -> Batch:
+  """The global batch of training step `step`: a pure function of (seed, stream, step).
+
+  The stream is the chain of permutations perm_0, perm_1, ... of the N examples, perm_e drawn
+  from (seed, stream, e); step s takes its positions [s * B, (s + 1) * B).
+  """
+  n = len(images)
+  seed = int(seed) % 2**64  # numpy seeds are non-negative
+  pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
+  epochs, within = np.divmod(pos, n)
+  idx = np.empty(batch_size, np.int64)
+  for e in np.unique(epochs):
+    perm = np.random.default_rng([seed, stream, 0, int(e)]).permutation(n)
+    sel = epochs == e
+    idx[sel] = perm[within[sel]]
+  rng = np.random.default_rng([seed, stream, 1, int(step)])
+  x = _augment(images[idx], rng, random_flip, uniform_dequantization)
+  return {'image': x, 'label': labels[idx]}
+
+
+def _digits_stream(config, split, seed, start_step, global_batch, host_slice, evaluation,
+                   random_flip, uniform_dequantization) -> Iterator[Batch]:
+  images, labels = load_digits(split, config.data.image_size, config.data.num_channels)
+  lo, hi = host_slice
+  if evaluation:
+    # One pass in a fixed order; the last batch is padded and masked.
+    rng = np.random.default_rng([int(seed) % 2**64, 2, 1])
+    for start in range(0, len(images), global_batch):
+      x, y = images[start:start + global_batch], labels[start:start + global_batch]
+      x = _augment(x, rng, False, uniform_dequantization)
+      batch = _pad({'image': x, 'label': y}, global_batch)
+      yield {k: v[lo:hi] for k, v in batch.items()}
+    return
+  stream = 0 if split == 'train' else 1
+  step = start_step
+  while True:
+    batch = digits_batch(images, labels, seed=seed, step=step, batch_size=global_batch,
+                         random_flip=random_flip, uniform_dequantization=uniform_dequantization,
+                         stream=stream)
+    yield {k: v[lo:hi] for k, v in batch.items()}
+    step += 1
+
+
+def _pad(batch: Batch, size: int) -> Batch:
+  """Pads a one-pass batch to `size` examples (copies of the last) and adds 'mask': bool [size]."""
+  n = len(batch['label'])
+  mask = np.arange(size) < n
+  if n < size:
+    batch = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in batch.items()}
+  return {**batch, 'mask': mask}
+
+
+def _group(steps: Iterator[Batch], k: int) -> Iterator[Batch]:
+  """Stacks k consecutive per-step batches: {'image': [k, B, ...], 'label': [k, B]}."""
+  while True:
+    chunk = [next(steps) for _ in range(k)]
+    yield {key: np.stack([c[key] for c in chunk]) for key in chunk[0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# tfds and TFRecords (TensorFlow is imported only here).
+
+
+def _missing_tfds_message(dataset: str, tfds_name: str, data_dir: Optional[str]) -> str:
+  where = data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  extra = ''
+  if dataset == 'CELEBA':
+    extra = (' CelebA\'s files come from Google Drive, which often refuses automated downloads; '
+             'tfds then tells you where to put the manually downloaded files.')
+  elif dataset == 'LSUN':
+    extra = ' LSUN is large (church_outdoor ~2.3 GB, bedroom ~43 GB).'
+  return (f'Dataset {dataset} (tfds {tfds_name!r}) is not prepared in {where}. Prepare it once '
+          f'with `tfds build {tfds_name}` (add `--data_dir={where}` for another location) or '
+          f'`python -c "import tensorflow_datasets as tfds; '
+          f'tfds.builder(\'{tfds_name}\').download_and_prepare()"`, or call get_dataset(..., '
+          f'download=True).{extra}')
+
+
+def _missing_tfrecords_message(dataset: str, path: str) -> str:
+  what = ('data.tfrecords_path is unset' if not path
+          else f'data.tfrecords_path={path!r} matches no file')
+  return (f'{dataset} is read from TFRecords and {what}. Create them with `dataset_tool.py` of '
+          'NVlabs/progressive_growing_of_gans (`create_celebahq`) or NVlabs/stylegan '
+          '(`create_from_images`, for FFHQ): one file per resolution, e.g. `ffhq-r08.tfrecords` '
+          'for 256x256 and `-r10` for 1024x1024; then pass '
+          '`--config.data.tfrecords_path=/path/to/that-file.tfrecords` (a glob is accepted).')
+
+
+def _tf_preprocess_fn(config, dataset: str):
+  """The reference's per-dataset resize: uint8 [h, w, c] -> float32 [S, S, c] in [0, 1]."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  size = config.data.image_size
+
+  def to_float(img):
+    return tf.image.convert_image_dtype(img, tf.float32)
+
+  def resize_small(img, resolution):
+    # Shorter side to `resolution`, aspect kept, rounded (bilinear, antialiased).
+    hw = tf.cast(tf.shape(img)[:2], tf.float32)
+    ratio = resolution / tf.reduce_min(hw)
+    new_hw = tf.cast(tf.round(hw * ratio), tf.int32)
+    return tf.image.resize(img, new_hw, antialias=True)
+
+  def central_crop(img, crop):
+    top = (tf.shape(img)[0] - crop) // 2
+    left = (tf.shape(img)[1] - crop) // 2
+    return tf.image.crop_to_bounding_box(img, top, left, crop, crop)
+
+  if dataset in ('CIFAR10', 'SVHN', 'MNIST'):
+    def resize(img):
+      return tf.image.resize(to_float(img), [size, size], antialias=True)
+  elif dataset == 'CELEBA':
+    def resize(img):
+      return resize_small(central_crop(to_float(img), 140), size)
+  elif dataset == 'LSUN' and size == 128:
+    def resize(img):
+      return central_crop(resize_small(to_float(img), size), size)
+  elif dataset == 'LSUN':
+    def resize(img):
+      side = tf.reduce_min(tf.shape(img)[:2])
+      img = central_crop(img, side)
+      img = tf.image.resize(img, [size, size], antialias=True,
+                            method=tf.image.ResizeMethod.BICUBIC)
+      # The reference casts the bicubic result to uint8 (truncation); clipping first keeps the
+      # overshoot of bicubic interpolation from wrapping around.
+      return to_float(tf.cast(tf.clip_by_value(img, 0., 255.), tf.uint8))
+  else:  # TFRecords: already at their resolution.
+    resize = to_float
+
+  channels = config.data.num_channels
+
+  def preprocess(img):
+    img = resize(img)
+    if img.shape[-1] == 1 and channels == 3:
+      img = tf.image.grayscale_to_rgb(img)
+    if img.shape[-1] is not None and img.shape[-1] != channels:
+      raise ValueError(f'{dataset} images have {img.shape[-1]} channels but '
+                       f'data.num_channels={channels}.')
+    return tf.ensure_shape(img, [size, size, channels])
+
+  return preprocess
+
+
+class _TFSource:
+  """A host's shard of a split, readable epoch by epoch with a per-epoch shuffle seed."""
+
+  def __init__(self, config, dataset, split, data_dir, download, process_index, process_count,
+               evaluation):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    self._tf, self._tfds = tf, tfds
+    self.options = tf.data.Options()
+    self.options.deterministic = True
+    self.options.experimental_optimization.map_parallelization = True
+    self.channels = None  # of the stored images, where known before reading
+    if dataset in _TFRECORDS:
+      path = config.data.get('tfrecords_path', '') or ''
+      files = sorted(tf.io.gfile.glob(path)) if path else []
+      if not files:
+        raise DatasetNotFoundError(_missing_tfrecords_message(dataset, path))
+      self._files, self._builder = files, None
+      self._shard = (process_index, process_count)
+      return
+    name, train_split, eval_split = _TFDS[dataset]
+    if dataset == 'LSUN':
+      category = config.data.get('category', None)
+      if not category:
+        raise ValueError('data.category must name the LSUN category (e.g. "church_outdoor").')
+      name = name.format(category=category)
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError as e:
+      raise DatasetNotFoundError(f'tfds has no dataset {name!r}: {e}') from e
+    except ValueError as e:  # e.g. an unknown LSUN category (a tfds builder config)
+      raise ValueError(f'tfds cannot build {name!r} (check data.category): {e}') from e
+    if download:
+      builder.download_and_prepare()
+    self._builder = builder
+    self.channels = builder.info.features['image'].shape[-1]
+    tfds_split = train_split if split == 'train' else eval_split
+    if process_count > 1:
+      # Evaluation drops the < process_count leftover examples so every host runs as many batches.
+      tfds_split = tfds.even_splits(tfds_split, process_count,
+                                    drop_remainder=evaluation)[process_index]
+    self._split = tfds_split
+    self._missing = _missing_tfds_message(dataset, name, data_dir)
+
+  def read(self, shuffle_seed: Optional[int]):
+    """Undecoded examples {'image': encoded, 'label': int32 []} of the shard, one pass.
+
+    Images stay encoded (PNG/JPEG bytes, or the raw record) until `decode`, so the shuffle
+    buffer is small and skipped examples cost no decoding.
+    """
+    tf, tfds = self._tf, self._tfds
+    if self._builder is None:
+      files = list(self._files)
+      if shuffle_seed is not None:
+        files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]
+      ds = tf.data.TFRecordDataset(files)
+      if self._shard[1] > 1:
+        ds = ds.shard(self._shard[1], self._shard[0])
+      return ds.with_options(self.options).map(
+          lambda record: {'image': record, 'label': tf.constant(-1, tf.int32)})
+    read_config = tfds.ReadConfig(options=self.options, shuffle_seed=shuffle_seed)
+    try:
+      ds = self._builder.as_dataset(
+          split=self._split, shuffle_files=shuffle_seed is not None, read_config=read_config,
+          decoders={'image': tfds.decode.SkipDecoding()})
+    except (AssertionError, tfds.core.DatasetNotFoundError) as e:
+      # tfds raises AssertionError('... could not find data ...') for an unprepared dataset.
+      raise DatasetNotFoundError(self._missing) from e
+
+    def select(ex):
+      label = ex['label'] if 'label' in ex else -1
+      return {'image': ex['image'], 'label': tf.cast(label, tf.int32)}
+
+    return ds.map(select)
+
+  def decode(self, encoded):
+    """uint8 [h, w, c] image of an element of `read`."""
+    tf = self._tf
+    if self._builder is not None:
+      return self._builder.info.features['image'].decode_example(encoded)
+    ex = tf.io.parse_single_example(encoded, features={
+        'shape': tf.io.FixedLenFeature([3], tf.int64),
+        'data': tf.io.FixedLenFeature([], tf.string)})
+    img = tf.reshape(tf.io.decode_raw(ex['data'], tf.uint8), ex['shape'])
+    return tf.transpose(img, (1, 2, 0))  # stored CHW
+
+  def count(self, ds) -> int:
+    """Examples in one pass of `ds` (from its cardinality, or by reading it once)."""
+    n = int(ds.cardinality())
+    if n < 0:
+      n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+    return n
+
+
+def _tf_stream(config, dataset, split, seed, start_step, host_batch, evaluation, random_flip,
+               uniform_dequantization, data_dir, download, process_index, process_count,
+               shuffle_buffer_size) -> Iterator[Batch]:
+  """Generator of per-step host batches (see the module docstring for the determinism scheme)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  source = _TFSource(config, dataset, split, data_dir, download, process_index, process_count,
+                     evaluation)
+  channels, wanted = source.channels, config.data.num_channels
+  if channels is not None and channels != wanted and not (channels == 1 and wanted == 3):
+    raise ValueError(f'{dataset} images have {channels} channels but '
+                     f'data.num_channels={wanted}.')
+  resize = _tf_preprocess_fn(config, dataset)
+  split_id = 0 if split == 'train' else 1
+
+  def pipeline(epoch_seed, shuffle, flip, skip):
+    ds = source.read(epoch_seed if shuffle else None)
+    if shuffle:
+      ds = ds.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
+    # Positions are counted before skipping, so a resumed epoch draws the same noise.
+    ds = ds.enumerate().skip(skip)
+
+    def preprocess(i, ex):
+      img = resize(source.decode(ex['image']))
+      if flip:
+        img = tf.image.stateless_random_flip_left_right(
+            img, seed=tf.stack([tf.constant(epoch_seed, tf.int64), 2 * i]))
+      if uniform_dequantization:
+        u = tf.random.stateless_uniform(
+            tf.shape(img), seed=tf.stack([tf.constant(epoch_seed, tf.int64), 2 * i + 1]))
+        img = (img * 255. + u) / 256.
+      return {'image': img, 'label': ex['label']}
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(host_batch, drop_remainder=not evaluation)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+  # Build (and so validate) the first pass eagerly: a missing dataset fails at get_dataset time.
+  if evaluation:
+    epoch_seed = _seed_int(seed, split_id, process_index, 2 ** 31)
+    first = pipeline(epoch_seed, shuffle=False, flip=False, skip=0)
+
+    def one_pass():
+      for b in first.as_numpy_iterator():
+        yield _pad({'image': b['image'], 'label': b['label']}, host_batch)
+    return one_pass()
+
+  def epoch_seed_of(e):
+    return _seed_int(seed, split_id, process_index, e)
+
+  epoch, offset = 0, 0
+  if start_step:
+    n = source.count(source.read(None))
+    steps_per_epoch = n // host_batch
+    if steps_per_epoch == 0:
+      raise ValueError(f'The {split} shard of {dataset} on this host has {n} examples, fewer '
+                       f'than one batch of {host_batch}.')
+    epoch, offset = divmod(start_step, steps_per_epoch)
+  first = pipeline(epoch_seed_of(epoch), True, random_flip, offset * host_batch)
+
+  def stream():
+    ds, e = first, epoch
+    while True:
+      empty = True
+      for b in ds.as_numpy_iterator():
+        empty = False
+        yield {'image': b['image'], 'label': b['label']}
+      if empty and e != epoch:
+        raise ValueError(f'The {split} shard of {dataset} on this host has fewer examples than '
+                         f'one batch of {host_batch}.')
+      e += 1
+      ds = pipeline(epoch_seed_of(e), True, random_flip, 0)
+
+  return stream()
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def get_dataset(config, split: str = 'train', *, seed: Optional[int] = None,
+                evaluation: bool = False, start_step: int = 0, additional_dim: Any = _AUTO,
+                uniform_dequantization: Optional[bool] = None, batch_size: Optional[int] = None,
+                data_dir: Optional[str] = None, download: bool = False,
+                num_devices: Optional[int] = None, process_index: Optional[int] = None,
+                process_count: Optional[int] = None,
+                shuffle_buffer_size: int = 10000) -> Iterator[Batch]:
+  """An iterator of this host's numpy batches of `config.data.dataset`.
+
+  Args:
+    config: the run's ConfigDict (reads data.*, training.batch_size, eval.batch_size,
+      training.n_jitted_steps, seed).
+    split: 'train', or 'eval' (the held-out split: test / validation, digits' 10%).
+    seed: seed of shuffling and augmentation; default config.seed.
+    evaluation: one pass in a fixed order, no flips, last batch padded with a 'mask'; batch size
+      eval.batch_size. Otherwise an endless shuffled stream with batch size training.batch_size.
+    start_step: the training step whose batch comes first (resumption): the stream equals the
+      uninterrupted one from that step on. Training streams only.
+    additional_dim: number of fused steps per element, a leading axis [k, B, ...]; default
+      training.n_jitted_steps for training streams and none for `evaluation`; None: no axis.
+    uniform_dequantization: default data.uniform_dequantization.
+    batch_size: global batch size, overriding the config's.
+    data_dir: tfds data directory (default data.data_dir if the config has it, else tfds's own
+      default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    download: let tfds download and prepare a missing dataset (otherwise a missing dataset raises
+      DatasetNotFoundError saying how to prepare it).
+    num_devices, process_index, process_count: default jax.device_count(), jax.process_index(),
+      jax.process_count().
+    shuffle_buffer_size: examples in the tf.data shuffle buffer (tfds datasets).
+
+  Returns:
+    An iterator of {'image': float32 [(k,) B_host, H, W, C] in [0, 1], 'label': int32 [(k,) B_host]}
+    (+ 'mask': bool [B_host] when `evaluation`), B_host = batch size / process_count.
+
+  Raises:
+    ValueError: unknown dataset or split, batch size not divisible by the devices, bad sizes.
+    DatasetNotFoundError: the dataset is not prepared on this machine (message says how to).
+  """
+  dataset = config.data.dataset
+  if dataset not in SUPPORTED_DATASETS:
+    raise ValueError(f'config.data.dataset={dataset!r} is not supported; choose one of '
+                     f'{", ".join(SUPPORTED_DATASETS)}.')
+  if split not in ('train', 'eval'):
+    raise ValueError(f"split={split!r}: use 'train' or 'eval'.")
+  if start_step < 0:
+    raise ValueError(f'start_step={start_step} must be >= 0.')
+  if evaluation and start_step:
+    raise ValueError('start_step applies to training streams, not to one-pass evaluation.')
+  seed = config.seed if seed is None else seed
+  if additional_dim == _AUTO:
+    additional_dim = None if evaluation else config.training.n_jitted_steps
+  if evaluation and additional_dim is not None:
+    raise ValueError('One-pass evaluation streams yield single batches; pass additional_dim=None.')
+  if additional_dim is not None and additional_dim < 1:
+    raise ValueError(f'additional_dim={additional_dim} (training.n_jitted_steps) must be >= 1.')
+  if uniform_dequantization is None:
+    uniform_dequantization = config.data.uniform_dequantization
+  random_flip = bool(config.data.random_flip) and not evaluation
+  name = 'eval.batch_size' if evaluation else 'training.batch_size'
+  if batch_size is None:
+    batch_size = config.eval.batch_size if evaluation else config.training.batch_size
+  else:
+    name = 'batch_size'
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  host_batch = host_batch_size(batch_size, num_devices, process_count, name)
+
+  # Per-step start, counted in single steps even when k steps are fused per element.
+  if dataset == 'DIGITS':
+    host_slice = (process_index * host_batch, (process_index + 1) * host_batch)
+    steps = _digits_stream(config, split, seed, start_step, batch_size, host_slice, evaluation,
+                           random_flip, bool(uniform_dequantization))
+  else:
+    if data_dir is None:
+      data_dir = config.data.get('data_dir', None) or None
+    steps = _tf_stream(config, dataset, split, seed, start_step, host_batch, evaluation,
+                       random_flip, bool(uniform_dequantization), data_dir, download,
+                       process_index, process_count, shuffle_buffer_size)
+  if additional_dim is None:
+    return steps
+  return _group(steps, additional_dim)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host batches -> global arrays.
+
+
+def to_global_array(local_batch: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """This host's part of a batch -> a global jax.Array with `sharding`.
+
+  The hosts' parts are concatenated along the sharded axis (the global shape is inferred by
+  `jax.make_array_from_process_local_data`). Raises ValueError when the global size of that
+  axis is not divisible by the devices it is sharded over.
+  """
+  local_batch = np.asarray(local_batch)
+  spec = getattr(sharding, 'spec', None)
+  mesh = getattr(sharding, 'mesh', None)
+  if spec is not None and mesh is not None:
+    for axis, names in enumerate(spec):
+      if names is None:
+        continue
+      names = names if isinstance(names, tuple) else (names,)
+      n = math.prod(mesh.shape[a] for a in names)
+      if axis >= local_batch.ndim:
+        raise ValueError(f'Sharding {spec} does not fit an array of shape {local_batch.shape}.')
+      size = local_batch.shape[axis] * jax.process_count()
+      if size % n:
+        raise ValueError(f'The batch size ({size}, axis {axis} of shape {local_batch.shape}) is '
+                         f'not divisible by the {n} devices of mesh axis {"/".join(names)}.')
+  return jax.make_array_from_process_local_data(sharding, local_batch)
+
+
+def shard_batch(batch, sharding_or_mesh, axis_name: str = 'data'):
+  """A host batch (an array or a dict of arrays) -> global jax.Arrays sharded over `axis_name`.
+
+  With a `Mesh`, the batch axis is 0, or 1 when images carry a leading axis of fused steps
+  (image arrays of rank 5, `[k, B, H, W, C]`; a dict is judged by its 'image'). With a
+  `Sharding`, every array gets that sharding.
+  """
+  if isinstance(sharding_or_mesh, jax.sharding.Mesh):
+    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+    image = batch['image'] if isinstance(batch, dict) else batch
+    axis = 1 if np.ndim(image) == 5 else 0
+    shardings = NamedSharding(sharding_or_mesh, PartitionSpec(*([None] * axis), axis_name))
+  else:
+    shardings = sharding_or_mesh
+  return jax.tree_util.tree_map(lambda x: to_global_array(x, shardings), batch)
