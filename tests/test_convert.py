@@ -140,3 +140,118 @@ def test_torch_checkpoint_file():
   assert rel_err(out, ref) < 1e-5
   raw = convert.torch_checkpoint_to_params(path, config, use_ema=False)
   assert all(np.all(np.asarray(leaf) == 7.) for leaf in jax.tree.leaves(raw))
+
+
+# ----------------------------------------------------------------------------------------
+# Import into a run directory (orbax snapshot + config.json), what eval/sample modes read.
+
+
+def full_config(name='ncsnpp_ddpmblock_fir_noconv'):
+  """The fixture's network and data settings inside a complete training config."""
+  from configs.default_cifar10_configs import get_default_configs
+  small = load_case(name)[0].to_dict()
+  full = get_default_configs().to_dict()
+  for section in ('model', 'data', 'training'):
+    full[section].update(small[section])
+  full['training'].update(sde='vesde', snapshot_freq=5)
+  return ml_collections.ConfigDict(full)
+
+
+def template_state(config):
+  from scoresde_jax.run import setup
+  # Abstract (shapes only): what restoring needs, without running the initializers.
+  return jax.eval_shape(lambda key: setup.create_train_state(config, key)[2],
+                        jax.random.PRNGKey(1))
+
+
+def test_import_torch_checkpoint_into_workdir(tmp_path):
+  from scoresde_jax import checkpoints
+  from scoresde_jax.run import train
+  config = full_config()
+  _, _, _, x, labels, ref = load_case('ncsnpp_ddpmblock_fir_noconv')
+  path = os.path.join(FIXTURES, 'ncsnpp_checkpoint.pth')
+  workdir = str(tmp_path / 'run')
+  state = convert.import_checkpoint(config, path, workdir)
+  assert int(state.step) == 3  # the 'step' the fixture's torch.save recorded
+  restored = checkpoints.restore_snapshot(workdir, template_state(config), 3)
+  assert int(restored.step) == 3
+  # EMA weights -> ema_params, raw model weights (the fixture's 7s) -> params.
+  jax.tree.map(np.testing.assert_array_equal, restored.ema_params,
+               convert.torch_checkpoint_to_params(path, config))
+  jax.tree.map(np.testing.assert_array_equal, restored.params,
+               convert.torch_checkpoint_to_params(path, config, use_ema=False))
+  assert all(np.all(np.asarray(leaf) == 7.) for leaf in jax.tree.leaves(restored.params))
+  # The restored EMA network reproduces the reference's output.
+  model = mutils.get_model(config)
+  out = jax.jit(lambda p: model.apply({'params': p}, x, labels, train=False))(
+      restored.ema_params)
+  assert rel_err(out, ref) < 1e-5
+  # A fresh optimizer state (the official Adam moments are not imported): all zeros.
+  moments = [leaf for leaf in jax.tree.leaves(restored.opt_state)
+             if np.issubdtype(np.asarray(leaf).dtype, np.floating)]
+  assert moments and all(not np.any(np.asarray(m)) for m in moments)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['nf'] == config.model.nf
+  # Importing twice at one step, or another config into the same run, is refused.
+  with pytest.raises(ValueError, match='already holds a snapshot'):
+    convert.import_checkpoint(config, path, workdir)
+  other = full_config()
+  other.model.nonlinearity = 'swish'
+  with pytest.raises(train.WorkdirConfigMismatch):
+    convert.import_checkpoint(other, path, workdir, step=10)
+
+
+def test_import_jax_checkpoint_and_step(tmp_path):
+  from scoresde_jax import checkpoints
+  config = full_config()
+  params = jax.tree.map(np.asarray, convert.torch_checkpoint_to_params(
+      os.path.join(FIXTURES, 'ncsnpp_checkpoint.pth'), config))
+  raw = jax.tree.map(lambda a: a * 0 - 2., params)
+  state = {'step': np.int64(1000), 'optimizer': {'target': raw, 'state': {'step': 1000}},
+           'lr': np.float32(2e-4), 'model_state': {}, 'ema_rate': np.float32(0.999),
+           'params_ema': params, 'rng': np.zeros(2, np.uint32)}
+  path = str(tmp_path / 'checkpoint_200')  # the JAX release: no file extension
+  with open(path, 'wb') as f:
+    f.write(flax.serialization.msgpack_serialize(state))
+  assert not convert.is_torch_checkpoint(path)
+  template = template_state(config)
+  imported = convert.import_checkpoint(config, path, str(tmp_path / 'a'))
+  assert int(imported.step) == 1000  # stored step
+  restored = checkpoints.restore_snapshot(str(tmp_path / 'a'), template, 1000)
+  jax.tree.map(np.testing.assert_array_equal, restored.ema_params, params)
+  jax.tree.map(np.testing.assert_array_equal, restored.params, raw)
+  # An explicit step wins over the stored one (here: checkpoint index 40 at snapshot_freq 5).
+  convert.import_checkpoint(config, path, str(tmp_path / 'b'), step=40 * 5)
+  restored = checkpoints.restore_snapshot(str(tmp_path / 'b'), template, 200)
+  assert int(restored.step) == 200
+  jax.tree.map(np.testing.assert_array_equal, restored.ema_params, params)
+  with pytest.raises(checkpoints.CheckpointError):
+    checkpoints.restore_snapshot(str(tmp_path / 'b'), template, 1000)
+  # Parameters of another network: a clear error naming the config.
+  bad = dict(state, params_ema=jax.tree.map(lambda a: a[..., :1], params))
+  with open(path, 'wb') as f:
+    f.write(flax.serialization.msgpack_serialize(bad))
+  with pytest.raises(ValueError, match='does not fit the network'):
+    convert.import_checkpoint(config, path, str(tmp_path / 'c'))
+  assert not os.path.exists(tmp_path / 'c' / 'checkpoints')
+
+
+def test_import_command_line(tmp_path, capsys):
+  from scoresde_jax import checkpoints
+  config = full_config()
+  config_file = tmp_path / 'small_config.py'
+  config_file.write_text('import json\nimport ml_collections\n\n\ndef get_config():\n'
+                         f'  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n')
+  path = os.path.join(FIXTURES, 'ncsnpp_checkpoint.pth')
+  workdir = str(tmp_path / 'run')
+  convert.main(['--config', str(config_file), '--checkpoint', path, '--workdir', workdir,
+                '--ckpt', '4'])
+  printed = capsys.readouterr().out
+  assert 'step 20' in printed and 'begin_ckpt=4' in printed  # 4 * snapshot_freq 5
+  restored = checkpoints.restore_snapshot(workdir, template_state(config), 20)
+  jax.tree.map(np.testing.assert_array_equal, restored.ema_params,
+               convert.torch_checkpoint_to_params(path, config))
+  with pytest.raises(SystemExit):
+    convert.main(['--config', str(config_file), '--checkpoint', str(tmp_path / 'nope.pth'),
+                  '--workdir', workdir])
+  assert 'No checkpoint' in capsys.readouterr().err
