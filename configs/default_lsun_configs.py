@@ -39,6 +39,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.enable_loss = True
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = 'test'
+  evaluate.bpd_num_repeats = 5
+  evaluate.is_splits = 10
+  # FID reference statistics (`--mode fid_stats` writes them); '' = look in the default places.
+  evaluate.stats_path = ''
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth; '' = $SCORESDE_INCEPTION_WEIGHTS or cache.
+  evaluate.inception_weights = ''
+  # '' = the config's sampling setting; 'table1' = the paper's Table 1 sampler sweep.
+  evaluate.sweep = ''
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'LSUN'
@@ -49,6 +57,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   data.num_channels = 3
   # Only TFRecord datasets (CelebA-HQ, FFHQ) read it; '' means unset.
   data.tfrecords_path = ''
+  data.data_dir = ''  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
 
   config.model = model = ml_collections.ConfigDict()
   model.sigma_min = 0.01

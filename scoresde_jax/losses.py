@@ -199,6 +199,11 @@ def get_multi_step_fn(step_fn):
   """
 
   def multi_step(state, batches):
+    if batches.shape[0] == 1:
+      # Without a loop: XLA:CPU runs convolution gradients inside while loops many times
+      # slower than outside them, so CPU runs use n_jitted_steps = 1.
+      state, metrics = step_fn(state, batches[0])
+      return state, jax.tree_util.tree_map(lambda m: m[None], metrics)
     return jax.lax.scan(step_fn, state, batches)
 
   return multi_step

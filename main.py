@@ -1,0 +1,70 @@
+"""Score-based generative modeling through SDEs: training, evaluation and sampling runs.
+
+  python main.py --mode train --config configs/ve/digits.py --workdir runs/digits_ve
+  python main.py --mode eval  --config configs/ve/cifar10.py --workdir runs/cifar10_ve
+  python main.py --mode sample --config configs/ve/digits.py --workdir runs/digits_ve
+  python main.py --mode fid_stats --config configs/ve/cifar10.py --workdir assets/stats
+
+Config values are overridden on the command line: --config.training.batch_size=64.
+Mistakes in the input (config, data, checkpoints) end with one line naming the mistake.
+"""
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training/evaluation config file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, samples, logs.')
+flags.DEFINE_enum('mode', None, ['train', 'eval', 'sample', 'fid_stats'], 'What to run.')
+flags.DEFINE_string('eval_folder', 'eval', 'Folder under workdir for evaluation results.')
+flags.DEFINE_integer('max_steps', None, 'Stop training after this many steps (of this run).')
+flags.mark_flags_as_required(['workdir', 'config', 'mode'])
+
+
+def _user_errors():
+  """Exception types that mean a mistake in the input, reported as one line."""
+  from scoresde_jax import checkpoints, datasets  # pylint: disable=import-outside-toplevel
+  from scoresde_jax.run import setup, train  # pylint: disable=import-outside-toplevel
+  # ValueError: the library's checks of argument values (unknown predictor, bad shape, ...).
+  return (setup.ConfigError, train.WorkdirConfigMismatch, train.TrainingDivergedError,
+          checkpoints.CheckpointError, datasets.DatasetNotFoundError, FileNotFoundError,
+          ValueError)
+
+
+def run(mode, config, workdir, eval_folder='eval', max_steps=None):
+  if mode == 'train':
+    from scoresde_jax.run import train  # pylint: disable=import-outside-toplevel
+    train.train(config, workdir, max_steps=max_steps)
+  elif mode == 'eval':
+    from scoresde_jax.run import evaluate  # pylint: disable=import-outside-toplevel
+    evaluate.evaluate(config, workdir, eval_folder)
+  elif mode == 'sample':
+    from scoresde_jax.run import evaluate  # pylint: disable=import-outside-toplevel
+    evaluate.sample(config, workdir, eval_folder)
+  elif mode == 'fid_stats':
+    from scoresde_jax.run import evaluate  # pylint: disable=import-outside-toplevel
+    os.makedirs(workdir, exist_ok=True)
+    evaluate.compute_dataset_stats(config, os.path.join(workdir, evaluate.stats_filename(config)))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's per-file progress lines
+  try:
+    run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.eval_folder, FLAGS.max_steps)
+  except _user_errors() as e:  # pylint: disable=catching-non-exception
+    if os.environ.get('SCORESDE_DEBUG'):
+      raise
+    message = str(e).strip().strip('"') or type(e).__name__
+    print(f'error: {message}  (SCORESDE_DEBUG=1 shows the traceback)', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,100 @@
+"""Checkpoints of training runs: a thin layer over orbax.
+
+Layout of a work directory (the reference's, so its habits carry over):
+
+  WORKDIR/checkpoints/<step>/       snapshots every `training.snapshot_freq` steps, kept;
+                                    evaluation's checkpoint index n is step n * snapshot_freq
+  WORKDIR/checkpoints-meta/<step>/  the latest state for resuming, every
+                                    `training.snapshot_freq_for_preemption` steps and on SIGTERM
+  WORKDIR/config.json               the run's config, to refuse resuming a different config
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
+crash or kill during a save never leaves a half-written checkpoint that looks finished;
+the previous checkpoints stay intact. Saves are asynchronous: training continues while the
+arrays are written; `wait()` blocks until they are on disk.
+
+A checkpoint holds the whole `losses.TrainState` (step, params, EMA params, optimizer
+state, RNG key) as a nested dict of arrays, restored into the structure of a template state.
+"""
+from __future__ import annotations
+
+import os
+
+import flax
+import jax
+import orbax.checkpoint as ocp
+
+SNAPSHOTS = 'checkpoints'
+PREEMPTION = 'checkpoints-meta'
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+class RunCheckpoints:
+  """Snapshot and preemption checkpoint managers of one work directory."""
+
+  def __init__(self, workdir: str, max_to_keep_preemption: int = 1, asynchronous: bool = True):
+    workdir = os.path.abspath(workdir)
+    options = dict(enable_async_checkpointing=asynchronous, create=True)
+    self.snapshots = ocp.CheckpointManager(
+        os.path.join(workdir, SNAPSHOTS), options=ocp.CheckpointManagerOptions(**options))
+    self.preemption = ocp.CheckpointManager(
+        os.path.join(workdir, PREEMPTION),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep_preemption, **options))
+
+  def save(self, state, snapshot: bool = False, force: bool = False):
+    """Saves `state` at its step as the resume point, and as a kept snapshot if asked."""
+    step = int(jax.device_get(state.step))
+    tree = flax.serialization.to_state_dict(state)
+    managers = [self.preemption] + ([self.snapshots] if snapshot else [])
+    for manager in managers:
+      if manager.latest_step() == step:
+        continue
+      manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+
+  def latest_step(self) -> int | None:
+    """The newest resumable step (snapshot or preemption), or None for a fresh run."""
+    steps = [s for s in (self.preemption.latest_step(), self.snapshots.latest_step()) if s is not None]
+    return max(steps) if steps else None
+
+  def restore(self, template, step: int | None = None):
+    """Restores the state at `step` (default: newest) into the structure of `template`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError('No checkpoint to restore.')
+    manager = self.preemption if step in self.preemption.all_steps() else self.snapshots
+    if step not in manager.all_steps():
+      raise CheckpointError(f'No checkpoint at step {step}; snapshots at steps '
+                            f'{sorted(self.snapshots.all_steps())}.')
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                      flax.serialization.to_state_dict(template))
+    tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return flax.serialization.from_state_dict(template, tree)
+
+  def snapshot_steps(self) -> list[int]:
+    return sorted(self.snapshots.all_steps())
+
+  def wait(self):
+    self.snapshots.wait_until_finished()
+    self.preemption.wait_until_finished()
+
+  def close(self):
+    self.snapshots.close()
+    self.preemption.close()
+
+
+def restore_snapshot(workdir: str, template, step: int):
+  """Restores the snapshot at `step` of a run (for evaluation); read-only."""
+  directory = os.path.join(os.path.abspath(workdir), SNAPSHOTS)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'{workdir!r} holds no checkpoints ({directory} does not exist).')
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    if step not in m.all_steps():
+      raise CheckpointError(f'No checkpoint at step {step} in {directory}; '
+                            f'available steps: {sorted(m.all_steps())}.')
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                      flax.serialization.to_state_dict(template))
+    tree = m.restore(step, args=ocp.args.StandardRestore(abstract))
+  return flax.serialization.from_state_dict(template, tree)

@@ -1,0 +1,1 @@
+"""Training and evaluation runs driven by a config (what `main.py` calls)."""

@@ -1,0 +1,48 @@
+"""Image grids of samples and of the diffusion process, saved as PNG."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images) -> np.ndarray:
+  """[..., H, W, C] floats in [0, 1] -> uint8 (clipped, rounded as torchvision does)."""
+  return np.clip(np.asarray(images, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_grid(images, nrow: int | None = None, padding: int = 2, pad_value: int = 255) -> np.ndarray:
+  """Tiles `images: [B, H, W, C]` in [0, 1] into one uint8 image, `nrow` per row."""
+  images = to_uint8(images)
+  b, h, w, c = images.shape
+  nrow = nrow or int(math.ceil(math.sqrt(b)))
+  ncol = int(math.ceil(b / nrow))
+  grid = np.full((ncol * (h + padding) + padding, nrow * (w + padding) + padding, c), pad_value,
+                 np.uint8)
+  for i, image in enumerate(images):
+    r, q = divmod(i, nrow)
+    y, x = padding + r * (h + padding), padding + q * (w + padding)
+    grid[y:y + h, x:x + w] = image
+  return grid
+
+
+def save_grid(images, path: str, nrow: int | None = None, scale: int = 1):
+  """Writes a grid PNG atomically (a killed run never leaves a truncated file)."""
+  grid = make_grid(images, nrow)
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  image = Image.fromarray(grid)
+  if scale > 1:
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+  tmp = path + '.tmp'
+  image.save(tmp, format='PNG')
+  os.replace(tmp, path)
+
+
+def save_trajectory(trajectory, path: str, num_samples: int = 8, scale: int = 1):
+  """`trajectory: [T, B, H, W, C]` in [0, 1]: one row per sample, noise (left) to image."""
+  traj = np.asarray(trajectory)[:, :num_samples]
+  rows = np.transpose(traj, (1, 0, 2, 3, 4)).reshape((-1,) + traj.shape[2:])
+  save_grid(rows, path, nrow=traj.shape[0], scale=scale)

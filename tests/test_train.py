@@ -1,0 +1,155 @@
+"""Training runs through main.py's code path on tiny configs: resume, preemption, NaN, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import configs
+import main
+from scoresde_jax import checkpoints
+from scoresde_jax.run import setup, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(sde='ve', **overrides):
+  config = configs.load_config(os.path.join(ROOT, f'configs/{sde}/digits.py'))
+  config.model.nf = 8
+  config.model.ch_mult = (1,)
+  config.model.num_res_blocks = 1
+  config.model.attn_resolutions = ()
+  config.model.num_scales = 10
+  config.model.dropout = 0.1
+  config.training.batch_size = 8
+  config.training.n_iters = 8
+  config.training.n_jitted_steps = 1
+  config.training.log_freq = 2
+  config.training.eval_freq = 4
+  config.training.snapshot_freq = 4
+  config.training.snapshot_freq_for_preemption = 2
+  config.training.snapshot_sampling = False
+  config.eval.batch_size = 8
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def leaves_equal(a, b):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                    for x, y in zip(la, lb))
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+  """Bit for bit: parameters, EMA, optimizer state, step and RNG (dropout on, so the RNG
+  stream and the data stream both matter)."""
+  config = tiny_config(**{'training.snapshot_sampling': True})
+  straight = train.train(config, str(tmp_path / 'straight'))
+  main.run('train', config, str(tmp_path / 'resumed'), max_steps=2)  # "killed" at step 2
+  assert checkpoints.RunCheckpoints(str(tmp_path / 'resumed')).latest_step() == 2
+  resumed = train.train(config, str(tmp_path / 'resumed'))
+  assert int(resumed.step) == int(straight.step) == 8
+  assert leaves_equal(resumed, straight)
+  # Snapshots every 4 steps, with sample grids and the diffusion picture.
+  ckpts = checkpoints.RunCheckpoints(str(tmp_path / 'straight'))
+  assert ckpts.snapshot_steps() == [4, 8]
+  for step in (4, 8):
+    for name in ('sample.png', 'diffusion.png', 'sample.npz'):
+      assert (tmp_path / 'straight' / 'samples' / f'iter_{step}' / name).exists()
+  samples = np.load(tmp_path / 'straight' / 'samples' / 'iter_8' / 'sample.npz')['samples']
+  assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8
+  # Restoring the snapshot gives the final state.
+  restored = ckpts.restore(setup.create_train_state(config, jax.random.PRNGKey(1))[2], step=8)
+  assert leaves_equal(restored, straight)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
+  config = tiny_config(**{'optim.lr': 1e30, 'optim.warmup': 0, 'optim.grad_clip': -1.0,
+                          'training.n_iters': 40})
+  workdir = str(tmp_path / 'nan')
+  with pytest.raises(train.TrainingDivergedError, match=r'at step \d+; training stopped') as e:
+    train.train(config, workdir)
+  ckpts = checkpoints.RunCheckpoints(workdir)
+  last = ckpts.latest_step()
+  assert last is not None and f'checkpoint (step {last})' in str(e.value)
+  template = setup.create_train_state(config, jax.random.PRNGKey(0))[2]
+  state = ckpts.restore(template)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state.params))
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  main.run('train', tiny_config(**{'training.n_iters': 2}), str(tmp_path))
+  with pytest.raises(train.WorkdirConfigMismatch, match=r'model.nf: 8 -> 16'):
+    train.train(tiny_config(**{'model.nf': 16}), str(tmp_path))
+
+
+def _main(*args, env=None, timeout=300):
+  full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
+                        env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config', 'configs/ve/nonexistent.py'], 'nonexistent.py'),
+    (['--config', 'configs/ve/digits.py', '--config.training.bach_size=4'], 'bach_size'),
+    (['--config', 'configs/ve/digits.py', '--config.sampling.predictor=reverse_difusion'],
+     "Unknown predictor 'reverse_difusion'"),
+    (['--config', 'configs/ve/digits.py', '--config.training.sde=vpsd'],
+     "Unknown SDE 'vpsd' (config.training.sde)"),
+    (['--config', 'configs/ve/cifar10.py', '--config.data.dataset=CIFAR10',
+      '--config.data.data_dir=/nonexistent'], 'tfds build cifar10'),
+])
+def test_mistakes_get_one_clear_line(tmp_path, args, message):
+  proc = _main('--mode', 'train', '--workdir', str(tmp_path), *args)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+  proc = _main('--mode', 'train', '--workdir', str(tmp_path), '--config', 'configs/ve/digits.py',
+               '--config.training.batch_size=12',
+               env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert proc.returncode == 1
+  assert 'training.batch_size=12 is not divisible by the 8 devices' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_sigterm_saves_and_the_rerun_resumes(tmp_path):
+  """A scheduler's SIGTERM mid-run: the run saves its state and exits cleanly; rerunning the
+  same command resumes from that step."""
+  workdir = str(tmp_path / 'run')
+  args = ['--mode', 'train', '--workdir', workdir, '--config', 'configs/ve/digits.py',
+          '--config.model.nf=8', '--config.model.ch_mult=(1,)', '--config.model.attn_resolutions=()',
+          '--config.training.batch_size=8', '--config.training.n_iters=100000',
+          '--config.training.snapshot_freq=100000',
+          '--config.training.snapshot_freq_for_preemption=100000', '--config.training.log_freq=1',
+          '--config.training.eval_freq=100000']
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen([sys.executable, 'main.py', *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  output = []
+  deadline = time.time() + 300
+  for line in proc.stdout:  # wait until training steps are running
+    output.append(line)
+    if 'steps/s' in line or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  rest, _ = proc.communicate(timeout=300)
+  output.append(rest)
+  assert proc.returncode == 0, ''.join(output)[-3000:]
+  assert 'SIGTERM: saved step' in ''.join(output)
+  saved = checkpoints.RunCheckpoints(workdir).latest_step()
+  assert saved is not None and saved > 0
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['nf'] == 8
