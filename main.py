@@ -51,13 +51,40 @@ def run(mode, config, workdir, eval_folder='eval', max_steps=None):
     evaluate.compute_dataset_stats(config, os.path.join(workdir, evaluate.stats_filename(config)))
 
 
+def parse_flags(argv):
+  """absl's parsing, with config-file mistakes reported in one line.
+
+  config_flags loads the file and applies --config.* overrides while parsing, raising plain
+  OSError / AttributeError / TypeError for a missing file, an unknown key or a bad value.
+  """
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}', file=sys.stderr)
+  except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+    _config_error(e)
+  sys.exit(1)
+
+
+def _config_error(e):
+  text = str(e).replace("\\'", "'").replace('\\n', '\n')
+  lines = [line.strip().strip("'\"") for line in text.splitlines()]
+  print(f'error: bad --config: {" ".join(line for line in lines if line)}', file=sys.stderr)
+  sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's per-file progress lines
   try:
-    run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.eval_folder, FLAGS.max_steps)
+    config = FLAGS.config
+    config.keys()  # a file that failed to load is an object raising on its first use
+  except OSError as e:
+    _config_error(e)
+  try:
+    run(FLAGS.mode, config, FLAGS.workdir, FLAGS.eval_folder, FLAGS.max_steps)
   except _user_errors() as e:  # pylint: disable=catching-non-exception
     if os.environ.get('SCORESDE_DEBUG'):
       raise
@@ -67,4 +94,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

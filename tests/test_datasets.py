@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _digits_config(**data):
   config = configs.load_config(os.path.join(REPO, 'configs/ve/digits.py'))
+  config.data.image_size = 16  # exercises the 2x pixel repetition
   config.training.batch_size = 32
   config.eval.batch_size = 64
   config.training.n_jitted_steps = 3

@@ -39,6 +39,7 @@ def tiny_config():
   e.bpd_num_repeats = 1
   e.bpd_num_batches = 1
   e.bpd_rtol = e.bpd_atol = 1e-3  # loose: a quick solve
+  del e.sweep  # the defaults type it as a string ('' or 'table1'); here a list of settings
   e.sweep = [{'name': 'P10_reverse_diffusion', 'method': 'pc', 'predictor': 'reverse_diffusion',
               'corrector': 'none'}]
   return config

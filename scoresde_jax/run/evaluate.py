@@ -302,11 +302,16 @@ def paper_table1_sweep(config) -> list[dict]:
 def get_sweep(config) -> list[dict]:
   """The sampler settings to evaluate, normalized (see `normalize_setting`).
 
-  config.eval.sweep, when present, is a list of settings (dicts), or 'table1' for
+  config.eval.sweep, when present, is a list of settings (dicts) or its JSON text, or 'table1' for
   `paper_table1_sweep(config)`; without it (or when None / empty), the single setting of
   config.sampling.
   """
   spec = config.eval.get('sweep', None)
+  if isinstance(spec, str) and spec.lstrip().startswith('['):
+    try:  # a list given on the command line: --config.eval.sweep='[{"name": ...}]'
+      spec = json.loads(spec)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'eval.sweep is not valid JSON: {e}') from None
   if spec is None or (isinstance(spec, (list, tuple, str)) and not spec):
     return [normalize_setting(config)]
   if isinstance(spec, str):

@@ -142,13 +142,18 @@ def train(config, workdir: str, max_steps: int | None = None):
   n_jitted = config.training.n_jitted_steps
 
   sde, eps = setup.get_sde(config)
-  model, optimizer, state = setup.create_train_state(config, jax.random.PRNGKey(config.seed))
   ckpts = checkpoints.RunCheckpoints(workdir)
-  if ckpts.latest_step() is not None:
-    state = ckpts.restore(state)
-    log.info('Resuming from step %d.', int(state.step))
+  initial_step = ckpts.latest_step() or 0
+  # Data first: a missing dataset fails before minutes of network initialization.
+  train_iter = datasets.get_dataset(config, 'train', start_step=initial_step)
+  # The eval stream advances n_jitted steps per evaluation, so a resumed run continues it.
+  eval_iter = datasets.get_dataset(
+      config, 'eval', start_step=initial_step // config.training.eval_freq * n_jitted)
+  model, optimizer, state = setup.create_train_state(config, jax.random.PRNGKey(config.seed))
+  if initial_step:
+    state = ckpts.restore(state, initial_step)
+    log.info('Resuming from step %d.', initial_step)
   state = jax.device_put(state, replicated)
-  initial_step = int(state.step)
 
   train_step = losses.get_multi_step_fn(losses.get_step_fn(
       setup.get_loss_fn(config, sde, model, train=True), optimizer, config.model.ema_rate))
@@ -160,10 +165,6 @@ def train(config, workdir: str, max_steps: int | None = None):
 
   scaler = datasets.get_data_scaler(config)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
-  train_iter = datasets.get_dataset(config, 'train', start_step=initial_step)
-  # The eval stream advances n_jitted steps per evaluation, so a resumed run continues it.
-  eval_iter = datasets.get_dataset(
-      config, 'eval', start_step=initial_step // config.training.eval_freq * n_jitted)
   batch_sharding = parallel.data_sharding(mesh, batch_axis=1)
 
   def next_batch(iterator):
