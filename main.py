@@ -19,7 +19,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training/evaluation config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, samples, logs.')
-flags.DEFINE_enum('mode', None, ['train', 'eval', 'sample', 'fid_stats'], 'What to run.')
+flags.DEFINE_enum('mode', None, ['train', 'eval', 'sample', 'fid_stats', 'train_classifier'],
+                  'What to run.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder under workdir for evaluation results.')
 flags.DEFINE_integer('max_steps', None, 'Stop training after this many steps (of this run).')
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
@@ -39,6 +40,9 @@ def run(mode, config, workdir, eval_folder='eval', max_steps=None):
   if mode == 'train':
     from scoresde_jax.run import train  # pylint: disable=import-outside-toplevel
     train.train(config, workdir, max_steps=max_steps)
+  elif mode == 'train_classifier':
+    from scoresde_jax.run import train_classifier  # pylint: disable=import-outside-toplevel
+    train_classifier.train_classifier(config, workdir, max_steps=max_steps)
   elif mode == 'eval':
     from scoresde_jax.run import evaluate  # pylint: disable=import-outside-toplevel
     evaluate.evaluate(config, workdir, eval_folder)
