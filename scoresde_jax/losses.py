@@ -113,6 +113,14 @@ def get_loss_fn(sde, apply_fn, continuous=True, reduce_mean=False, likelihood_we
 # Optimization
 
 
+def learning_rate_schedule(lr: float, warmup: int = 0) -> Callable:
+  """count -> learning rate of the update made after `count` earlier updates:
+  lr * min(count / warmup, 1) (constant lr without warmup)."""
+  if warmup > 0:
+    return lambda count: lr * jnp.minimum(count / warmup, 1.0)
+  return lambda count: jnp.full((), lr, jnp.float32)
+
+
 def get_optimizer(lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1: float = 0.9,
                   beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
                   ) -> optax.GradientTransformation:
@@ -122,10 +130,8 @@ def get_optimizer(lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1: fl
   (so the very first update has learning rate 0, as in the reference); gradients are clipped
   to global norm `grad_clip` (off when negative); weight decay is decoupled (AdamW).
   """
-  if warmup > 0:
-    schedule = lambda count: lr * jnp.minimum(count / warmup, 1.0)
-  else:
-    schedule = lr
+  # A plain float without warmup keeps the optimizer state free of a schedule counter.
+  schedule = learning_rate_schedule(lr, warmup) if warmup > 0 else lr
   parts = []
   if grad_clip >= 0:
     parts.append(optax.clip_by_global_norm(grad_clip))

@@ -162,3 +162,76 @@ def test_sigterm_saves_and_the_rerun_resumes(tmp_path):
   assert saved is not None and saved > 0
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['nf'] == 8
+
+
+def _tensorboard_scalars(directory):
+  """{tag: {step: value}} from the TensorBoard event files clu wrote in `directory`."""
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  acc = event_accumulator.EventAccumulator(str(directory), size_guidance={'tensors': 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags()['tensors']:
+    values = {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
+    if all(v.ndim == 0 and v.dtype.kind == 'f' for v in values.values()):  # not the hparams
+      out[tag] = {step: float(v) for step, v in values.items()}
+  return out
+
+
+def test_progress_log_and_tensorboard_scalars(tmp_path, caplog):
+  config = tiny_config(**{'optim.warmup': 5, 'optim.lr': 1e-3})
+  with caplog.at_level('INFO'):
+    train.train(config, str(tmp_path))
+  text = caplog.text
+  assert 'Parameters:' in text and 'Total: 10,857' in text  # clu's overview at the start
+  assert 'step 8/8: loss ' in text and 'steps/s, ETA ' in text
+  scalars = _tensorboard_scalars(tmp_path)
+  assert sorted(scalars['training_loss']) == [2, 4, 6, 8]  # log_freq 2
+  assert sorted(scalars['eval_loss']) == [4, 8]
+  # The learning rate of the update that made step s: lr * min((s - 1) / warmup, 1).
+  for step, lr in scalars['learning_rate'].items():
+    assert lr == pytest.approx(1e-3 * min((step - 1) / 5, 1.0), rel=1e-6)
+  assert all(np.isfinite(v) and v > 0 for v in scalars['grad_norm'].values())
+  # The same loss in the log line and in TensorBoard.
+  assert f"step 8/8: loss {scalars['training_loss'][8]:.5f}" in text
+
+
+_EIGHT_DEVICE_RUN = '''
+import logging, sys, numpy as np, jax
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {root!r})
+from tests.test_train import tiny_config
+from scoresde_jax.run import train
+assert jax.device_count() == 8
+state = train.train(tiny_config(), {workdir!r})
+np.savez({out!r}, *[np.asarray(x) for x in jax.tree_util.tree_leaves(state)])
+'''
+
+
+def test_eight_device_run_matches_one_device(tmp_path, caplog):
+  """The whole training loop (data sharding, compiled step, logging, checkpoints) on a fake
+  8-device mesh gives the losses and parameters of the 1-device run, up to the order of
+  float32 reductions."""
+  out = str(tmp_path / 'eight.npz')
+  script = _EIGHT_DEVICE_RUN.format(root=ROOT, workdir=str(tmp_path / 'eight'), out=out)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'on 8 cpu device(s)' in proc.stderr
+  with caplog.at_level('INFO'):
+    one = train.train(tiny_config(), str(tmp_path / 'one'))
+  assert 'on 1 cpu device(s)' in caplog.text
+  eight = np.load(out)
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(one)]
+  assert len(leaves) == len(eight.files)
+  for i, a in enumerate(leaves):
+    b = eight[f'arr_{i}']
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  assert 'step 8/8: loss ' in proc.stderr
+
+  def logged(text):
+    return [float(x) for x in __import__('re').findall(r'step \d+/8: loss ([0-9.]+)', text)]
+  np.testing.assert_allclose(logged(proc.stderr), logged(caplog.text), rtol=1e-5)

@@ -15,13 +15,13 @@ import logging
 import math
 import os
 import signal
-import time
 
 import jax
 import numpy as np
 
 from scoresde_jax import checkpoints, datasets, losses, parallel, sampling
 from scoresde_jax.run import images, setup
+from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,14 @@ def validate_config(config, num_devices: int):
 
 
 def _make_writer(workdir: str):
-  """clu writers (console + TensorBoard); console only where clu/TensorFlow are missing."""
+  """clu writers (console + TensorBoard); console only where clu or TensorBoard is missing."""
   try:
     from clu import metric_writers  # pylint: disable=import-outside-toplevel
-    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  except ImportError:
+  except ImportError as e:
+    log.warning('No TensorBoard event files (%s); install the tfds extra, '
+                '`pip install "scoresde_jax[tfds]"`, for them.', e)
     return None
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
 class _Preemption:
@@ -173,6 +175,10 @@ def train(config, workdir: str, max_steps: int | None = None):
   writer = _make_writer(workdir)
   if writer is not None and initial_step == 0:
     writer.write_hparams({k: str(v) for k, v in _flatten(json.loads(config.to_json_best_effort())).items()})
+  progress = TrainingProgress(writer, config.training.n_iters, initial_step,
+                              losses.learning_rate_schedule(config.optim.lr, config.optim.warmup))
+  if initial_step == 0:
+    progress.parameter_overview(state.params)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   log.info('%s with %s parameters on %d %s device(s).', config.model.name, f'{num_params:,}',
            mesh.size, jax.devices()[0].platform)
@@ -181,7 +187,6 @@ def train(config, workdir: str, max_steps: int | None = None):
   num_steps = config.training.n_iters
   if max_steps is not None:
     num_steps = min(num_steps, initial_step + max_steps)
-  last_time, last_step = time.time(), initial_step
   pending = None  # (step, metrics) of the previous call, checked one call late
 
   def check(step, metrics):
@@ -199,27 +204,24 @@ def train(config, workdir: str, max_steps: int | None = None):
       while step < num_steps:
         state, metrics = p_train(state, next_batch(train_iter))
         step += n_jitted
+        progress.step(step)
         if pending is not None:
           check(*pending)
         pending = (step, metrics)
 
         snapshot = step % config.training.snapshot_freq == 0 or step >= num_steps
-        preempt = step % config.training.snapshot_freq_for_preemption == 0 or preemption.requested
+        # Read once: a SIGTERM arriving later in this iteration is handled in the next,
+        # never between the save decision and the exit.
+        stop = preemption.requested
+        preempt = step % config.training.snapshot_freq_for_preemption == 0 or stop
         if step % config.training.log_freq == 0 or snapshot or preempt:
           loss = check(*pending)
-          now = time.time()
-          scalars = {'training_loss': float(loss.mean()),
-                     'grad_norm': float(np.asarray(metrics['grad_norm']).mean()),
-                     'steps_per_sec': (step - last_step) / max(now - last_time, 1e-9)}
-          last_time, last_step = now, step
-          log.info('step %d: loss %.5f, %.2f steps/s', step, scalars['training_loss'],
-                   scalars['steps_per_sec'])
-          if writer is not None:
-            writer.write_scalars(step, scalars)
+          progress.report(step, float(loss.mean()),
+                          {'grad_norm': float(np.asarray(metrics['grad_norm']).mean())})
         if step % config.training.eval_freq == 0:
           _, eval_metrics = p_eval(state, next_batch(eval_iter))
           eval_loss = float(np.asarray(eval_metrics['loss']).mean())
-          log.info('step %d: eval loss %.5f', step, eval_loss)
+          progress.log(f'step {step}: eval loss {eval_loss:.5f}')
           if writer is not None:
             writer.write_scalars(step, {'eval_loss': eval_loss})
         if snapshot or preempt:
@@ -227,16 +229,15 @@ def train(config, workdir: str, max_steps: int | None = None):
         if snapshot and config.training.snapshot_sampling:
           _save_samples(config, sde, eps, state, model, inverse_scaler, mesh,
                         os.path.join(sample_dir, f'iter_{step}'), step)
-        if preemption.requested:
+        if stop:
           ckpts.wait()
-          log.warning('SIGTERM: saved step %d to %s; rerun the same command to resume.', step,
-                      workdir)
+          progress.log(f'SIGTERM: saved step {step} to {workdir}; rerun the same command to '
+                       'resume.', logging.WARNING)
           break
   finally:
+    progress.close()
     ckpts.wait()
     ckpts.close()
-    if writer is not None:
-      writer.flush()
   return state
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +34,7 @@ import optax
 from scoresde_jax import checkpoints, datasets, losses, parallel, sde_lib
 from scoresde_jax.models import wideresnet_noise_conditional as wrn
 from scoresde_jax.run import setup, train
+from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -227,52 +227,53 @@ def train_classifier(config, workdir: str, max_steps: int | None = None):
                                 batch_sharding)
 
   writer = train._make_writer(directory)  # pylint: disable=protected-access
+  progress = TrainingProgress(writer, int(c.n_iters), initial_step,
+                              losses.learning_rate_schedule(float(c.lr), int(c.warmup)),
+                              prefix='classifier step', loss_name='classifier_loss')
+  if initial_step == 0:
+    progress.parameter_overview(state.params)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   log.info('Classifier WRN-%d-%d with %s parameters.', c.depth, c.width, f'{num_params:,}')
 
   num_steps = int(c.n_iters)
   if max_steps is not None:
     num_steps = min(num_steps, initial_step + max_steps)
-  last_time, last_step = time.time(), initial_step
   try:
     with train._Preemption() as preemption:  # pylint: disable=protected-access
       step = initial_step
       while step < num_steps:
         state, metrics = p_train(state, next_batch())
         step += 1
+        progress.step(step)
         snapshot = step % c.snapshot_freq == 0 or step >= num_steps
-        preempt = step % c.snapshot_freq_for_preemption == 0 or preemption.requested
+        # Read once: a SIGTERM arriving later in this iteration is handled in the next,
+        # never between the save decision and the exit.
+        stop = preemption.requested
+        preempt = step % c.snapshot_freq_for_preemption == 0 or stop
         if step % c.log_freq == 0 or snapshot or preempt:
           loss = float(metrics['loss'])
           if not np.isfinite(loss):
             raise train.TrainingDivergedError(
                 f'Classifier loss is {loss} at step {step}; training stopped. The last checkpoint '
                 f'(step {ckpts.latest_step()}) is intact; lower classifier.lr.')
-          now = time.time()
-          scalars = {'classifier_loss': loss, 'grad_norm': float(metrics['grad_norm']),
-                     'steps_per_sec': (step - last_step) / max(now - last_time, 1e-9)}
-          last_time, last_step = now, step
-          log.info('classifier step %d: loss %.4f, %.2f steps/s', step, loss,
-                   scalars['steps_per_sec'])
-          if writer is not None:
-            writer.write_scalars(step, scalars)
+          progress.report(step, loss, {'grad_norm': float(metrics['grad_norm'])})
         if step % c.eval_freq == 0:
           acc = eval_accuracy(config, state.ema_params, tuple(c.eval_sigmas))
-          log.info('classifier step %d: eval accuracy (EMA) %s', step,
-                   ', '.join(f'sigma {s:g}: {a:.3f}' for s, a in acc.items()))
+          progress.log(f'classifier step {step}: eval accuracy (EMA) '
+                       + ', '.join(f'sigma {s:g}: {a:.3f}' for s, a in acc.items()))
           if writer is not None:
             writer.write_scalars(step, {f'eval_accuracy/sigma_{s:g}': a for s, a in acc.items()})
         if snapshot or preempt:
           ckpts.save(state, snapshot=snapshot)
-        if preemption.requested:
+        if stop:
           ckpts.wait()
-          log.warning('SIGTERM: saved classifier step %d to %s; rerun to resume.', step, directory)
+          progress.log(f'SIGTERM: saved classifier step {step} to {directory}; rerun to resume.',
+                       logging.WARNING)
           break
   finally:
+    progress.close()
     ckpts.wait()
     ckpts.close()
-    if writer is not None:
-      writer.flush()
   return state
 
 
