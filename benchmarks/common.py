@@ -227,3 +227,22 @@ def write_json(path: str | None, payload: dict):
   if path:
     with open(path, 'w') as f:
       json.dump(payload, f, indent=2, default=str)
+
+
+def run_benchmark(name: str, script: str, args, run_one: Callable, table: Callable,
+                  title: str, details: str, extra_child_args: Sequence[str] = ()):
+  """The benchmarks' main(): as a child (`--_child`) runs its one case and prints the result
+  as JSON; otherwise runs every (config, dtype) case, prints a header line (`title`, the
+  device, `details`) and `table(results)`, and writes `--json`."""
+  if args._child:  # pylint: disable=protected-access
+    print(json.dumps(run_one(args.configs[0], args.dtypes[0], args), default=str))
+    return
+  cases = [(c, d) for c in args.configs for d in args.dtypes]
+  results = run_cases(script, cases, child_args(args, extra_child_args),
+                      in_process=args.in_process, run_one=lambda c, d: run_one(c, d, args))
+  device = next((r for r in results if 'device_kind' in r), {})
+  print(f'{title}: {device.get("num_devices", "?")} x {device.get("device_kind", "?")} '
+        f'({device.get("platform", "?")}), jax {device.get("jax", "?")}, {details}'
+        f'{", TINY networks (smoke test)" if args.tiny else ""}\n')
+  print(table(results))
+  write_json(args.json, {'benchmark': name, 'results': results})

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
@@ -142,23 +141,12 @@ def main(argv=None):
   if args.sampler_steps < 1 or args.batch < 1 or args.steps < 1 or args.warmup < 0:
     parser.error('--sampler_steps, --batch and --steps must be >= 1 and --warmup >= 0.')
 
-  if args._child:  # pylint: disable=protected-access
-    print(json.dumps(run_one(args.configs[0], args.dtypes[0], args), default=str))
-    return
-  cases = [(c, d) for c in args.configs for d in args.dtypes]
-  results = common.run_cases(os.path.abspath(__file__), cases,
-                             common.child_args(args, ['--sampler_steps', str(args.sampler_steps)]),
-                             in_process=args.in_process,
-                             run_one=lambda c, d: run_one(c, d, args))
-  device = next((r for r in results if 'device_kind' in r), {})
-  print(f'Sampling: {device.get("num_devices", "?")} x {device.get("device_kind", "?")} '
-        f'({device.get("platform", "?")}), jax {device.get("jax", "?")}, batch {args.batch}, '
-        f'median of {args.steps} forward calls and {max(1, args.steps // 2)} sampler calls of '
-        f'{args.sampler_steps} steps; "full N-step s" extrapolates to the config\'s N steps'
-        f'{", TINY networks (smoke test)" if args.tiny else ""}\n')
-  print(table(results))
-  common.write_json(args.json, {'benchmark': 'sampling', 'results': results})
-
+  common.run_benchmark(
+      'sampling', os.path.abspath(__file__), args, run_one, table, 'Sampling',
+      f'batch {args.batch}, median of {args.steps} forward calls and '
+      f'{max(1, args.steps // 2)} sampler calls of {args.sampler_steps} steps; "full N-step s" '
+      "extrapolates to the config's N steps",
+      ['--sampler_steps', str(args.sampler_steps)])
 
 if __name__ == '__main__':
   main()

@@ -31,7 +31,6 @@ Needs jax, flax, optax, orbax-checkpoint, diffrax, numpy and ml_collections; not
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -137,22 +136,10 @@ def main(argv=None):
   if args.n_jitted < 1 or args.batch < 1 or args.steps < 1 or args.warmup < 0:
     parser.error('--n_jitted, --batch and --steps must be >= 1 and --warmup >= 0.')
 
-  if args._child:  # pylint: disable=protected-access
-    print(json.dumps(run_one(args.configs[0], args.dtypes[0], args), default=str))
-    return
-  cases = [(c, d) for c in args.configs for d in args.dtypes]
-  results = common.run_cases(os.path.abspath(__file__), cases,
-                             common.child_args(args, ['--n_jitted', str(args.n_jitted)]),
-                             in_process=args.in_process,
-                             run_one=lambda c, d: run_one(c, d, args))
-  device = next((r for r in results if 'device_kind' in r), {})
-  print(f'Training step: {device.get("num_devices", "?")} x {device.get("device_kind", "?")} '
-        f'({device.get("platform", "?")}), jax {device.get("jax", "?")}, global batch '
-        f'{args.batch}, n_jitted {args.n_jitted}, median of {args.steps} calls'
-        f'{", TINY networks (smoke test)" if args.tiny else ""}\n')
-  print(table(results))
-  common.write_json(args.json, {'benchmark': 'train_step', 'results': results})
-
+  common.run_benchmark(
+      'train_step', os.path.abspath(__file__), args, run_one, table, 'Training step',
+      f'global batch {args.batch}, n_jitted {args.n_jitted}, median of {args.steps} calls',
+      ['--n_jitted', str(args.n_jitted)])
 
 if __name__ == '__main__':
   main()
