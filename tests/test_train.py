@@ -235,3 +235,27 @@ def test_eight_device_run_matches_one_device(tmp_path, caplog):
   def logged(text):
     return [float(x) for x in __import__('re').findall(r'step \d+/8: loss ([0-9.]+)', text)]
   np.testing.assert_allclose(logged(proc.stderr), logged(caplog.text), rtol=1e-5)
+
+
+def test_training_on_mock_cifar10(tmp_path, caplog):
+  """The CIFAR-10 headline config (shrunk network) through main.run on tfds's mock data:
+  the tfds pipeline, 3-channel 32x32 batches, fused steps (n_jitted_steps 2), eval, snapshots."""
+  import tensorflow_datasets as tfds
+  config = configs.load_config(os.path.join(ROOT, 'configs/ve/cifar10.py'))
+  config.model.update(nf=8, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(),
+                      fir=False, progressive='none', progressive_input='none')
+  config.training.update(batch_size=4, n_iters=2, n_jitted_steps=2, log_freq=2, eval_freq=2,
+                         snapshot_freq=2, snapshot_freq_for_preemption=2,
+                         snapshot_sampling=False)
+  config.eval.batch_size = 4
+  with tfds.testing.mock_data(num_examples=16), caplog.at_level('INFO'):
+    main.run('train', config, str(tmp_path))
+  assert 'step 2/2: loss ' in caplog.text and 'step 2: eval loss ' in caplog.text
+  ckpts = checkpoints.RunCheckpoints(str(tmp_path))
+  assert ckpts.snapshot_steps() == [2]
+  initial = setup.create_train_state(config, jax.random.PRNGKey(config.seed))[2]
+  state = ckpts.restore(initial)
+  assert int(state.step) == 2
+  # The second step (the first has learning rate 0) moved the parameters.
+  assert not leaves_equal(state.params, initial.params)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state))
