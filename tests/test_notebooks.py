@@ -30,7 +30,7 @@ CELL_TIMEOUT = 300  # seconds; a cell that hangs fails the test
 NOTEBOOKS = ('quickstart', 'pretrained', 'evaluate')
 
 QUICKSTART = dict(TRAIN_STEPS=20, BATCH_SIZE=8, NUM_SCALES=10, NUM_SAMPLES=8, ODE_TOL=1e-3,
-                  NUM_BPD_DIGITS=4,
+                  NUM_BPD_DIGITS=4, FAST_STEPS=3,
                   MODEL={'nf': 8, 'ch_mult': (1,), 'num_res_blocks': 1, 'attn_resolutions': ()})
 PRETRAINED = dict(CHECKPOINT=CHECKPOINT, NUM_SCALES=10, FAST_STEPS=5, NUM_SAMPLES=4, NUM_IMAGES=2,
                   NUM_INTERPOLATION=3, ODE_TOL=1e-3)
@@ -156,14 +156,16 @@ def check_quickstart(summary, nb, workdir):
     model = json.load(f)['model']
   assert model['nf'] == 8 and model['ch_mult'] == [1] and model['attn_resolutions'] == []
   assert summary['num_scales'] == p['NUM_SCALES']
-  assert summary['pc_nfe'] == 2 * p['NUM_SCALES']  # one predictor and one corrector step each
+  # The VP digits config: Euler-Maruyama predictor, no corrector.
+  assert summary['pc_nfe'] == p['NUM_SCALES']
   image = [8, 8, 1]
   assert summary['pc_shape'] == summary['ode_shape'] == [p['NUM_SAMPLES']] + image
+  assert summary['fast_nfe'] == p['FAST_STEPS'] and summary['fast_shape'] == summary['pc_shape']
   assert summary['trajectory_shape'] == [8, p['NUM_SAMPLES']] + image
   assert summary['ode_nfe'] > 0 and summary['bpd_nfe'] > 0
   bpd = summary['bpd']
   assert len(bpd) == p['NUM_BPD_DIGITS'] and all(math.isfinite(b) and b > 0 for b in bpd)
-  assert images_shown(nb) >= 4  # PC and ODE samples, the trajectory, the test digits
+  assert images_shown(nb) >= 5  # PC, ODE and DPM-Solver samples, the trajectory, test digits
 
 
 def check_pretrained(summary, nb, workdir):
