@@ -6,6 +6,7 @@
   python main.py --mode fid_stats --config configs/ve/cifar10.py --workdir assets/stats
 
 Config values are overridden on the command line: --config.training.batch_size=64.
+On several hosts, run the same command on each with --multihost.
 Mistakes in the input (config, data, checkpoints) end with one line naming the mistake.
 """
 import logging
@@ -23,6 +24,11 @@ flags.DEFINE_enum('mode', None, ['train', 'eval', 'sample', 'fid_stats', 'train_
                   'What to run.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder under workdir for evaluation results.')
 flags.DEFINE_integer('max_steps', None, 'Stop training after this many steps (of this run).')
+flags.DEFINE_bool('multihost', False,
+                  'Join the other hosts of the job first (jax.distributed.initialize(), which '
+                  'finds them on Cloud TPU, SLURM, Open MPI and Kubernetes; elsewhere set '
+                  'JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID). '
+                  'Every host runs the same command.')
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 
@@ -77,6 +83,18 @@ def _config_error(e):
   sys.exit(1)
 
 
+def _join_hosts():
+  import jax  # pylint: disable=import-outside-toplevel
+  # JAX reads JAX_COORDINATOR_ADDRESS itself; the process count and index it only detects on
+  # known clusters, so they may also come from the environment.
+  kwargs = {key: int(os.environ[var]) for key, var in
+            (('num_processes', 'JAX_NUM_PROCESSES'), ('process_id', 'JAX_PROCESS_ID'))
+            if var in os.environ}
+  jax.distributed.initialize(**kwargs)
+  logging.info('Process %d of %d, %d of %d devices here.', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -87,6 +105,8 @@ def main(argv):
     config.keys()  # a file that failed to load is an object raising on its first use
   except OSError as e:
     _config_error(e)
+  if FLAGS.multihost:
+    _join_hosts()
   try:
     run(FLAGS.mode, config, FLAGS.workdir, FLAGS.eval_folder, FLAGS.max_steps)
   except _user_errors() as e:  # pylint: disable=catching-non-exception

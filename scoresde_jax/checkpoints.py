@@ -37,12 +37,21 @@ class RunCheckpoints:
 
   def __init__(self, workdir: str, max_to_keep_preemption: int = 1, asynchronous: bool = True):
     workdir = os.path.abspath(workdir)
-    options = dict(enable_async_checkpointing=asynchronous, create=True)
-    self.snapshots = ocp.CheckpointManager(
-        os.path.join(workdir, SNAPSHOTS), options=ocp.CheckpointManagerOptions(**options))
+
+    def options(name, **kwargs):
+      # On many hosts the two managers often save the same step at once; orbax names its
+      # cross-host barriers by step, so each manager needs its own prefix.
+      return ocp.CheckpointManagerOptions(
+          enable_async_checkpointing=asynchronous, create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=name),
+          **kwargs)
+
+    self.snapshots = ocp.CheckpointManager(os.path.join(workdir, SNAPSHOTS),
+                                           options=options(SNAPSHOTS))
     self.preemption = ocp.CheckpointManager(
         os.path.join(workdir, PREEMPTION),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep_preemption, **options))
+        options=options(PREEMPTION, max_to_keep=max_to_keep_preemption))
 
   def save(self, state, snapshot: bool = False, force: bool = False):
     """Saves `state` at its step as the resume point, and as a kept snapshot if asked."""

@@ -9,6 +9,7 @@ The same code runs on one device, on 8 TPU cores, or on many hosts (after
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
@@ -36,3 +37,14 @@ def constrain(x, sharding):
   if any(t == AxisType.Explicit for t in getattr(sharding.mesh, 'axis_types', ())):
     return jax.sharding.reshard(x, sharding)
   return jax.lax.with_sharding_constraint(x, sharding)
+
+
+def gather(x) -> np.ndarray:
+  """A global array (possibly spread over hosts) -> the whole array as numpy, on every host.
+
+  Collective on many hosts: every process must call it.
+  """
+  if jax.process_count() == 1 or getattr(x, 'is_fully_addressable', True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

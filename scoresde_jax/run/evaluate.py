@@ -118,14 +118,6 @@ def _json_ready(d: dict) -> dict:
   return {k: (_finite_or_none(v) if isinstance(v, float) else _plain(v)) for k, v in d.items()}
 
 
-def _gather(x) -> np.ndarray:
-  """A global array (possibly spread over hosts) -> the whole array as numpy on every host."""
-  if jax.process_count() == 1 or getattr(x, 'is_fully_addressable', True):
-    return np.asarray(x)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _allgather_rows(x: np.ndarray) -> np.ndarray:
   """Concatenates every host's `x: [n_host, ...]` (n_host may differ) in host order."""
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
@@ -522,8 +514,8 @@ def eval_loss(config, sde, model, ema_params, mesh, rng, num_batches=None,
   total, count = 0.0, 0
   for i, batch in enumerate(_eval_batches(config, 'eval', config.seed, None, num_batches)):
     x, mask = _shard(scaler(batch['image']), batch['mask'], sharding)
-    losses = _gather(per_example(params, x, jax.random.fold_in(rng, i)))
-    mask = _gather(mask)
+    losses = parallel.gather(per_example(params, x, jax.random.fold_in(rng, i)))
+    mask = parallel.gather(mask)
     total += float(np.sum(losses[mask], dtype=np.float64))
     count += int(mask.sum())
   if not count:
@@ -561,7 +553,7 @@ def eval_bpd(config, sde, score_fn, mesh, rng, num_batches=None, cache: dict | N
       x, mask = _shard(scaler(batch['image']), batch['mask'], sharding)
       bpd, _, nfe = likelihood_fn(jax.random.fold_in(jax.random.fold_in(rng, repeat), i),
                                   score_fn, x)
-      bpd, mask = _gather(bpd), _gather(mask)
+      bpd, mask = parallel.gather(bpd), parallel.gather(mask)
       bpds.append(bpd[mask])
       nfes.append(float(nfe))
       log.info('bpd repeat %d batch %d: %.4f (running mean)', repeat, i,
@@ -971,7 +963,7 @@ def sample(config, workdir: str, eval_folder: str = 'eval', ckpt: int | None = N
   out, nfe = [], None
   for r in range(math.ceil(num_samples / batch)):
     samples, nfe = sampler(jax.random.fold_in(rng, r), score_fn)
-    out.append(_gather(samples))
+    out.append(parallel.gather(samples))
   samples = np.clip(inverse_scaler(np.concatenate(out)[:num_samples]), 0.0, 1.0)
   eval_dir = os.path.join(workdir, eval_folder)
   png = os.path.join(eval_dir, f'samples_step_{step}.png')

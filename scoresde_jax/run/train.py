@@ -66,9 +66,16 @@ def check_workdir_config(workdir: str, config):
           f'{workdir!r} holds a run of a different config ({shown}'
           f'{", ..." if len(differing) > 5 else ""}); use a new --workdir, or the same config.')
     return
-  tmp = path + '.tmp'
+  if jax.process_index() == 0:  # one writer on a shared file system
+    write_json_atomically(path, current)
+
+
+def write_json_atomically(path: str, payload):
+  """Writes JSON to `path` via a temporary file and a rename: readers (and a killed writer)
+  see the old file or the new one, never a partial one."""
+  tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
-    json.dump(current, f, indent=2, sort_keys=True)
+    json.dump(payload, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
 
 
@@ -250,12 +257,14 @@ def _save_samples(config, sde, eps, state, model, inverse_scaler, mesh, director
   score_fn = setup.get_score_fn(config, sde, model, state.ema_params)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
   out = sampler(rng, score_fn)
-  samples = inverse_scaler(np.asarray(out[0]))
+  samples = inverse_scaler(parallel.gather(out[0]))  # collective: every host gathers
+  trajectory = inverse_scaler(parallel.gather(out[2])) if with_trajectory else None
+  if jax.process_index() != 0:
+    return
   os.makedirs(directory, exist_ok=True)
   scale = max(1, 128 // config.data.image_size)
   images.save_grid(samples, os.path.join(directory, 'sample.png'),
                    nrow=int(math.sqrt(num)), scale=scale)
   np.savez_compressed(os.path.join(directory, 'sample.npz'), samples=images.to_uint8(samples))
-  if with_trajectory:
-    images.save_trajectory(inverse_scaler(np.asarray(out[2])),
-                           os.path.join(directory, 'diffusion.png'), scale=scale)
+  if trajectory is not None:
+    images.save_trajectory(trajectory, os.path.join(directory, 'diffusion.png'), scale=scale)

@@ -115,10 +115,8 @@ def check_classifier_config(directory: str, config):
           f'{directory!r} holds a classifier of a different config ({shown}'
           f'{", ..." if len(differing) > 5 else ""}); use another --workdir or the same config.')
     return
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:  # one writer on a shared file system
+    train.write_json_atomically(path, current)
 
 
 def _validate(config, num_devices: int):
