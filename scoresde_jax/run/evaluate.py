@@ -54,7 +54,7 @@ from scoresde_jax import checkpoints, datasets, likelihood, models, parallel, sa
 from scoresde_jax.evaluation import fid as fid_lib
 from scoresde_jax.evaluation import inception, metrics
 from scoresde_jax.evaluation import weights as weights_lib
-from scoresde_jax.run import images, setup
+from scoresde_jax.run import files, images, setup
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,6 @@ class StatsNotFoundError(FileNotFoundError):
 
 # ------------------------------------------------------------------------------------------
 # Small utilities
-
-
-def _write_atomic(path: str, data: bytes):
-  """Writes `data` to `path` so that readers see the old file or the whole new one."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, obj):
-  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
-
-
-def _write_npz(path: str, **arrays):
-  buffer = io.BytesIO()
-  np.savez_compressed(buffer, **arrays)
-  _write_atomic(path, buffer.getvalue())
 
 
 def _finite_or_none(x):
@@ -462,7 +444,7 @@ def compute_dataset_stats(config, out_path: str | None = None, weights_path: str
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **stats)  # Uncompressed: read by pytorch-fid / score_sde tools too.
-    _write_atomic(out_path, buffer.getvalue())
+    files.write_atomic(out_path, buffer.getvalue())
     log.info('Wrote Inception statistics of %d %s images to %s (%.1f s).', pool_3.shape[0],
              config.data.dataset, out_path, time.time() - start)
   return stats
@@ -663,7 +645,7 @@ def sample_quality(config, setting: dict, sde, eps, score_fn, mesh, rng, directo
     round_sampling = time.time() - start
     pixels = images.to_uint8(inverse_scaler(samples))
     samples_file, stats_file = _round_files(directory, host, r)
-    _write_npz(samples_file, samples=pixels)
+    files.write_npz(samples_file, samples=pixels)
     start = time.time()
     if len(pixels):
       chunks = [_rgb(pixels[i:i + inception_batch]) for i in range(0, len(pixels), inception_batch)]
@@ -674,7 +656,7 @@ def sample_quality(config, setting: dict, sde, eps, score_fn, mesh, rng, directo
     sampling_seconds += round_sampling
     inception_seconds += round_inception
     nfes.append(float(nfe))
-    _write_npz(stats_file, pool_3=acts['pool_3'], logits=acts['logits'], nfe=np.float64(nfe))
+    files.write_npz(stats_file, pool_3=acts['pool_3'], logits=acts['logits'], nfe=np.float64(nfe))
     log.info('%s round %d/%d: %d samples, NFE %.0f, sampling %.1f s, Inception %.1f s',
              setting['name'], r + 1, num_rounds, len(pixels), float(nfe), round_sampling,
              round_inception)
@@ -819,7 +801,7 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval', *, inception_varia
       ckpt_result['bpd_seconds'] = time.time() - start
       log.info('Snapshot %d: %.4f bits/dim', n, ckpt_result['bpd'])
     if (need_loss or need_bpd) and jax.process_index() == 0:
-      _write_json(_ckpt_json(eval_dir, n), _json_ready(ckpt_result))
+      files.write_json(_ckpt_json(eval_dir, n), _json_ready(ckpt_result))
 
     for setting in sweep:
       path = _setting_json(eval_dir, n, setting['name'])
@@ -844,7 +826,7 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval', *, inception_varia
         if key in ckpt_result:
           result[key] = ckpt_result[key]
       result = _json_ready(result)
-      _write_json(path, result)
+      files.write_json(path, result)
       log.info('Snapshot %d, %s: FID %s, IS %s, KID %s, NFE %s', n, setting['name'],
                *(_format(result[k], k) for k in ('fid', 'is', 'kid', 'nfe')))
       results.append(result)
@@ -915,8 +897,8 @@ def write_summary(eval_dir: str) -> tuple[str, str]:
   for row in rows:
     lines.append('| ' + ' | '.join(_format(row.get(c), c) for c in SUMMARY_COLUMNS) + ' |')
   md_path, csv_path = os.path.join(eval_dir, 'summary.md'), os.path.join(eval_dir, 'summary.csv')
-  _write_atomic(md_path, ('\n'.join(lines) + '\n').encode())
-  _write_atomic(csv_path, csv_buffer.getvalue().encode())
+  files.write_atomic(md_path, ('\n'.join(lines) + '\n').encode())
+  files.write_atomic(csv_path, csv_buffer.getvalue().encode())
   return md_path, csv_path
 
 
@@ -972,6 +954,6 @@ def sample(config, workdir: str, eval_folder: str = 'eval', ckpt: int | None = N
     os.makedirs(eval_dir, exist_ok=True)
     images.save_grid(samples, png, nrow=int(math.ceil(math.sqrt(num_samples))),
                      scale=max(1, 128 // int(config.data.image_size)))
-    _write_npz(npz, samples=images.to_uint8(samples))
+    files.write_npz(npz, samples=images.to_uint8(samples))
     log.info('Wrote %d samples of step %d to %s and %s.', num_samples, step, png, npz)
   return {'step': step, 'png': png, 'npz': npz, 'nfe': float(nfe)}

@@ -1,11 +1,13 @@
 """Image grids of samples and of the diffusion process, saved as PNG."""
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
 from PIL import Image
+
+from scoresde_jax.run import files
 
 
 def to_uint8(images) -> np.ndarray:
@@ -36,9 +38,9 @@ def save_grid(images, path: str, nrow: int | None = None, scale: int = 1):
   image = Image.fromarray(grid)
   if scale > 1:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-  tmp = path + '.tmp'
-  image.save(tmp, format='PNG')
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  image.save(buffer, format='PNG')
+  files.write_atomic(path, buffer.getvalue())
 
 
 def save_trajectory(trajectory, path: str, num_samples: int = 8, scale: int = 1):

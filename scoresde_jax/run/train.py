@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from scoresde_jax import checkpoints, datasets, losses, parallel, sampling
-from scoresde_jax.run import images, setup
+from scoresde_jax.run import files, images, setup
 from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -67,16 +67,7 @@ def check_workdir_config(workdir: str, config):
           f'{", ..." if len(differing) > 5 else ""}); use a new --workdir, or the same config.')
     return
   if jax.process_index() == 0:  # one writer on a shared file system
-    write_json_atomically(path, current)
-
-
-def write_json_atomically(path: str, payload):
-  """Writes JSON to `path` via a temporary file and a rename: readers (and a killed writer)
-  see the old file or the new one, never a partial one."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+    files.write_json(path, current)
 
 
 def validate_config(config, num_devices: int):
@@ -265,6 +256,6 @@ def _save_samples(config, sde, eps, state, model, inverse_scaler, mesh, director
   scale = max(1, 128 // config.data.image_size)
   images.save_grid(samples, os.path.join(directory, 'sample.png'),
                    nrow=int(math.sqrt(num)), scale=scale)
-  np.savez_compressed(os.path.join(directory, 'sample.npz'), samples=images.to_uint8(samples))
+  files.write_npz(os.path.join(directory, 'sample.npz'), samples=images.to_uint8(samples))
   if trajectory is not None:
     images.save_trajectory(trajectory, os.path.join(directory, 'diffusion.png'), scale=scale)

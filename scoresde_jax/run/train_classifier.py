@@ -33,7 +33,7 @@ import optax
 
 from scoresde_jax import checkpoints, datasets, losses, parallel, sde_lib
 from scoresde_jax.models import wideresnet_noise_conditional as wrn
-from scoresde_jax.run import setup, train
+from scoresde_jax.run import files, setup, train
 from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def check_classifier_config(directory: str, config):
           f'{", ..." if len(differing) > 5 else ""}); use another --workdir or the same config.')
     return
   if jax.process_index() == 0:  # one writer on a shared file system
-    train.write_json_atomically(path, current)
+    files.write_json(path, current)
 
 
 def _validate(config, num_devices: int):
