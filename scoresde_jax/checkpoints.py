@@ -77,10 +77,7 @@ class RunCheckpoints:
     if step not in manager.all_steps():
       raise CheckpointError(f'No checkpoint at step {step}; snapshots at steps '
                             f'{sorted(self.snapshots.all_steps())}.')
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                      flax.serialization.to_state_dict(template))
-    tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return flax.serialization.from_state_dict(template, tree)
+    return _restore_into(manager, step, template)
 
   def snapshot_steps(self) -> list[int]:
     return sorted(self.snapshots.all_steps())
@@ -103,7 +100,13 @@ def restore_snapshot(workdir: str, template, step: int):
     if step not in m.all_steps():
       raise CheckpointError(f'No checkpoint at step {step} in {directory}; '
                             f'available steps: {sorted(m.all_steps())}.')
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                      flax.serialization.to_state_dict(template))
-    tree = m.restore(step, args=ocp.args.StandardRestore(abstract))
+    return _restore_into(m, step, template)
+
+
+def _restore_into(manager, step: int, template):
+  """Checkpoint `step` of `manager`, read into arrays shaped and typed as `template`'s and
+  returned in its structure."""
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                    flax.serialization.to_state_dict(template))
+  tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   return flax.serialization.from_state_dict(template, tree)
