@@ -12,6 +12,8 @@ from scoresde_jax import controllable, datasets, sde_lib
 from scoresde_jax.models import wideresnet_noise_conditional as wrn
 from scoresde_jax.run import train, train_classifier as tc
 
+from run_utils import leaves_equal, set_keys
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 200
 
@@ -28,19 +30,7 @@ def tiny_config(**overrides):
   c.snapshot_freq_for_preemption = TRAIN_STEPS
   c.warmup = 50
   c.ema_rate = 0.9
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
-
-
-def leaves_equal(a, b):
-  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-  return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
-                                    for x, y in zip(la, lb))
+  return set_keys(config, overrides)
 
 
 @pytest.fixture(scope='module')

@@ -14,6 +14,8 @@ import main
 from scoresde_jax import checkpoints
 from scoresde_jax.run import setup, train
 
+from run_utils import leaves_equal, set_keys
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,19 +36,7 @@ def tiny_config(sde='ve', **overrides):
   config.training.snapshot_freq_for_preemption = 2
   config.training.snapshot_sampling = False
   config.eval.batch_size = 8
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
-
-
-def leaves_equal(a, b):
-  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-  return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
-                                    for x, y in zip(la, lb))
+  return set_keys(config, overrides)
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
@@ -199,8 +189,8 @@ def test_progress_log_and_tensorboard_scalars(tmp_path, caplog):
 _EIGHT_DEVICE_RUN = '''
 import logging, sys, numpy as np, jax
 logging.basicConfig(level=logging.INFO)
-sys.path.insert(0, {root!r})
-from tests.test_train import tiny_config
+sys.path[:0] = [{root!r}, {tests!r}]
+from test_train import tiny_config
 from scoresde_jax.run import train
 assert jax.device_count() == 8
 state = train.train(tiny_config(), {workdir!r})
@@ -213,7 +203,8 @@ def test_eight_device_run_matches_one_device(tmp_path, caplog):
   8-device mesh gives the losses and parameters of the 1-device run, up to the order of
   float32 reductions."""
   out = str(tmp_path / 'eight.npz')
-  script = _EIGHT_DEVICE_RUN.format(root=ROOT, workdir=str(tmp_path / 'eight'), out=out)
+  script = _EIGHT_DEVICE_RUN.format(root=ROOT, tests=os.path.join(ROOT, 'tests'),
+                                    workdir=str(tmp_path / 'eight'), out=out)
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
