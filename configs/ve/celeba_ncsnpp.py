@@ -1,41 +1,11 @@
 """NCSN++ trained with the discrete SMLD objective, VE SDE, CelebA 64x64."""
 from configs.default_celeba_configs import get_default_configs
+from configs.default_models import ncsnpp, ve_sde
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = False
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
-
-  model = config.model
-  model.name = 'ncsnpp'
-  model.scale_by_sigma = True
-  model.sigma_begin = 90
-  model.ema_rate = 0.999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 4
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = 'biggan'
-  model.progressive = 'none'
-  model.progressive_input = 'residual'
-  model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
-  model.init_scale = 0.
-  model.embedding_type = 'positional'
-  model.conv_size = 3
+  config = ncsnpp(ve_sde(get_default_configs(), continuous=False))
+  config.model.sigma_begin = 90
+  config.model.ema_rate = 0.999
+  config.model.embedding_type = 'positional'
   return config

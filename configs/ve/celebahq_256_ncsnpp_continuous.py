@@ -1,47 +1,26 @@
-"""NCSN++ (continuous), VE SDE, CelebA-HQ 256x256 (TFRecords: set data.tfrecords_path)."""
+"""NCSN++ (continuous), VE SDE, CelebA-HQ 256x256 (TFRecords: set data.tfrecords_path).
+
+The 256x256 NCSN++: 2 blocks per resolution over 7 resolutions (256 down to 4), output and
+input skip pyramids; the LSUN configs derive from it.
+"""
 from configs.default_lsun_configs import get_default_configs
+from configs.default_models import ncsnpp, ve_sde
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
+  config = ncsnpp(ve_sde(get_default_configs(), continuous=True))
 
   data = config.data
   data.dataset = 'CelebAHQ'
-  data.image_size = 256
   # Path to the CelebA-HQ 256x256 TFRecord file (e.g. ...-r08.tfrecords); required.
   data.tfrecords_path = ''
 
   model = config.model
-  model.name = 'ncsnpp'
   model.sigma_max = 348
-  model.scale_by_sigma = True
   model.ema_rate = 0.999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
   model.ch_mult = (1, 1, 2, 2, 2, 2, 2)
   model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = 'biggan'
   model.progressive = 'output_skip'
   model.progressive_input = 'input_skip'
-  model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
-  model.init_scale = 0.
   model.fourier_scale = 16
-  model.conv_size = 3
   return config

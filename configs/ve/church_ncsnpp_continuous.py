@@ -1,44 +1,9 @@
-"""NCSN++ (continuous), VE SDE, LSUN church_outdoor 256x256."""
-from configs.default_lsun_configs import get_default_configs
+"""NCSN++ (continuous), VE SDE, LSUN church_outdoor 256x256: the bedroom model on churches."""
+from configs.ve import bedroom_ncsnpp_continuous
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
-
-  data = config.data
-  data.category = 'church_outdoor'
-
-  model = config.model
-  model.name = 'ncsnpp'
-  model.sigma_max = 380
-  model.scale_by_sigma = True
-  model.ema_rate = 0.999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 1, 2, 2, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = 'biggan'
-  model.progressive = 'output_skip'
-  model.progressive_input = 'input_skip'
-  model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
-  model.init_scale = 0.
-  model.fourier_scale = 16
-  model.conv_size = 3
+  config = bedroom_ncsnpp_continuous.get_config()
+  config.data.category = 'church_outdoor'
+  config.model.sigma_max = 380
   return config

@@ -3,26 +3,10 @@
     python main.py --mode train --config configs/vp/digits.py --workdir runs/digits_vp
 """
 from configs.default_digits_configs import get_default_configs
+from configs.default_models import vp_sde
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vpsde'
-  training.continuous = True
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'euler_maruyama'
-  sampling.corrector = 'none'
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = 'ncsnpp'
-  model.scale_by_sigma = False
-  model.embedding_type = 'positional'
+  config = vp_sde(get_default_configs(), continuous=True)
+  config.model.embedding_type = 'positional'
   return config

@@ -1,45 +1,9 @@
-"""NCSN (v1, Song & Ermon 2019), 10 noise levels in [0.01, 1], annealed Langevin, CIFAR-10.
-
-NCSN is conditioned on the noise-level index through conditional InstanceNorm++, whose
-embeddings have one row per noise level: `model.num_classes` is tied to `model.num_scales`
-(an ml_collections reference, so overriding num_scales on the command line moves both).
-"""
+"""NCSN (v1, Song & Ermon 2019), 10 noise levels in [0.01, 1], annealed Langevin, CIFAR-10."""
 from configs.default_cifar10_configs import get_default_configs
+from configs.default_models import ncsn
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = False
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'none'
-  sampling.corrector = 'ald'
-  sampling.n_steps_each = 100
-  sampling.snr = 0.316
-
-  model = config.model
-  model.name = 'ncsn'
-  model.scale_by_sigma = False
-  model.sigma_max = 1
-  model.num_scales = 10
-  model.num_classes = model.get_ref('num_scales')
-  model.ema_rate = 0.
-  model.normalization = 'InstanceNorm++'
-  model.nonlinearity = 'elu'
-  model.nf = 128
-  model.interpolation = 'bilinear'
-
-  optim = config.optim
-  optim.weight_decay = 0
-  optim.optimizer = 'Adam'
-  optim.lr = 1e-3
-  optim.beta1 = 0.9
-  optim.amsgrad = False
-  optim.eps = 1e-8
-  optim.warmup = 0
-  optim.grad_clip = -1.
+  config = ncsn(get_default_configs(), num_scales=10, n_steps_each=100, snr=0.316)
+  config.model.sigma_max = 1
   return config

@@ -1,42 +1,8 @@
-"""NCSNv2 (Song & Ermon 2020), 232 noise levels in [0.01, 50], annealed Langevin, CIFAR-10.
-
-The network divides its output by the sigma of the label's noise level
-(`scale_by_sigma`), as NCSNv2 does.
-"""
+"""NCSNv2 (Song & Ermon 2020), 232 noise levels in [0.01, 50], annealed Langevin, CIFAR-10."""
 from configs.default_cifar10_configs import get_default_configs
+from configs.default_models import ncsnv2
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = False
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'none'
-  sampling.corrector = 'ald'
-  sampling.n_steps_each = 5
-  sampling.snr = 0.176
-
-  model = config.model
-  model.name = 'ncsnv2_64'
-  model.scale_by_sigma = True
-  model.num_scales = 232
-  model.ema_rate = 0.999
-  model.normalization = 'InstanceNorm++'
-  model.nonlinearity = 'elu'
-  model.nf = 128
-  model.interpolation = 'bilinear'
-
-  optim = config.optim
-  optim.weight_decay = 0
-  optim.optimizer = 'Adam'
-  optim.lr = 1e-4
-  optim.beta1 = 0.9
-  optim.amsgrad = False
-  optim.eps = 1e-8
-  optim.warmup = 0
-  optim.grad_clip = -1.
-  return config
+  return ncsnv2(get_default_configs(), name='ncsnv2_64', num_scales=232, n_steps_each=5,
+                snr=0.176)
