@@ -7,7 +7,8 @@
 
 Config values are overridden on the command line: --config.training.batch_size=64.
 On several hosts, run the same command on each with --multihost.
-Mistakes in the input (config, data, checkpoints) end with one line naming the mistake.
+Mistakes in the input (config, data, checkpoints) end with one line naming the mistake and
+exit status 2; anything else is a bug and keeps its traceback.
 """
 import logging
 import os
@@ -17,6 +18,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
+# Exit status of a mistake in the input (scoresde_jax.errors.UserError, bad flags or config);
+# any other exception is a bug and ends with its traceback (status 1).
+USER_ERROR = 2
 config_flags.DEFINE_config_file('config', None, 'Training/evaluation config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, samples, logs.')
@@ -32,16 +36,6 @@ flags.DEFINE_bool('multihost', False,
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 
-def _user_errors():
-  """Exception types that mean a mistake in the input, reported as one line."""
-  from scoresde_jax import checkpoints, datasets  # pylint: disable=import-outside-toplevel
-  from scoresde_jax.run import setup, train  # pylint: disable=import-outside-toplevel
-  # ValueError: the library's checks of argument values (unknown predictor, bad shape, ...).
-  return (setup.ConfigError, train.WorkdirConfigMismatch, train.TrainingDivergedError,
-          checkpoints.CheckpointError, datasets.DatasetNotFoundError, FileNotFoundError,
-          ValueError)
-
-
 def run(mode, config, workdir, eval_folder='eval', max_steps=None):
   if mode == 'train':
     from scoresde_jax.run import train  # pylint: disable=import-outside-toplevel
@@ -53,12 +47,12 @@ def run(mode, config, workdir, eval_folder='eval', max_steps=None):
     from scoresde_jax.run import evaluate  # pylint: disable=import-outside-toplevel
     evaluate.evaluate(config, workdir, eval_folder)
   elif mode == 'sample':
-    from scoresde_jax.run import evaluate  # pylint: disable=import-outside-toplevel
-    evaluate.sample(config, workdir, eval_folder)
+    from scoresde_jax.run import sample  # pylint: disable=import-outside-toplevel
+    sample.sample(config, workdir, eval_folder)
   elif mode == 'fid_stats':
-    from scoresde_jax.run import evaluate  # pylint: disable=import-outside-toplevel
+    from scoresde_jax.run import stats  # pylint: disable=import-outside-toplevel
     os.makedirs(workdir, exist_ok=True)
-    evaluate.compute_dataset_stats(config, os.path.join(workdir, evaluate.stats_filename(config)))
+    stats.compute_dataset_stats(config, os.path.join(workdir, stats.stats_filename(config)))
 
 
 def parse_flags(argv):
@@ -73,14 +67,14 @@ def parse_flags(argv):
     print(f'error: {e}', file=sys.stderr)
   except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
     _config_error(e)
-  sys.exit(1)
+  sys.exit(USER_ERROR)
 
 
 def _config_error(e):
   text = str(e).replace("\\'", "'").replace('\\n', '\n')
   lines = [line.strip().strip("'\"") for line in text.splitlines()]
   print(f'error: bad --config: {" ".join(line for line in lines if line)}', file=sys.stderr)
-  sys.exit(1)
+  sys.exit(USER_ERROR)
 
 
 def _join_hosts():
@@ -107,14 +101,15 @@ def main(argv):
     _config_error(e)
   if FLAGS.multihost:
     _join_hosts()
+  from scoresde_jax import errors  # pylint: disable=import-outside-toplevel
   try:
     run(FLAGS.mode, config, FLAGS.workdir, FLAGS.eval_folder, FLAGS.max_steps)
-  except _user_errors() as e:  # pylint: disable=catching-non-exception
+  except errors.UserError as e:
     if os.environ.get('SCORESDE_DEBUG'):
       raise
     message = str(e).strip().strip('"') or type(e).__name__
     print(f'error: {message}  (SCORESDE_DEBUG=1 shows the traceback)', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(USER_ERROR)
 
 
 if __name__ == '__main__':

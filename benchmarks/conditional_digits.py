@@ -23,7 +23,6 @@ scale and labels are inputs of the compiled program).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -38,8 +37,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import configs  # noqa: E402
-from scoresde_jax import checkpoints, controllable, datasets, fast_solvers, sampling  # noqa: E402
-from scoresde_jax.run import images, setup, train, train_classifier  # noqa: E402
+from scoresde_jax import checkpoints, controllable, datasets, fast_solvers  # noqa: E402
+from scoresde_jax.run import data, images, loop, setup, train_classifier  # noqa: E402
 
 
 def fit_judge(image_size: int):
@@ -59,8 +58,8 @@ def check_score_workdir(config, workdir):
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: --score_workdir must be a training run directory.')
   with open(path) as f:
-    saved = train._flatten(json.load(f))  # pylint: disable=protected-access
-  current = train._flatten(json.loads(config.to_json_best_effort()))  # pylint: disable=protected-access
+    saved = loop.flatten(json.load(f))
+  current = loop.flatten(loop.config_json(config))
   # Keys present in both (configs gain keys over time; a missing key took its default).
   differing = sorted(k for k in set(saved) & set(current)
                      if k.startswith(('model.', 'data.', 'training.sde', 'training.continuous'))
@@ -70,13 +69,12 @@ def check_score_workdir(config, workdir):
                      + ', '.join(f'{k}: {saved[k]!r} vs {current[k]!r}' for k in differing[:5]))
 
 
-def build_sampler(config, sde, eps, shape, name, steps):
+def build_sampler(config, shape, name, steps):
+  """The config's PC sampler with `steps` time steps, or a fast solver with `steps` steps."""
   if name == 'pc':
-    sde_k = dataclasses.replace(sde, N=steps)
-    s = config.sampling
-    return sampling.get_pc_sampler(sde_k, shape, s.predictor, s.corrector, s.snr, s.n_steps_each,
-                                   probability_flow=False, denoise=s.noise_removal, eps=eps)
-  return fast_solvers.get_fast_sampler(name, sde, shape, steps=steps, eps=eps)
+    return setup.get_sampler(config, shape, overrides={'method': 'pc', 'num_scales': steps,
+                                                       'probability_flow': False})
+  return setup.get_sampler(config, shape, overrides={'method': name, 'fast': {'steps': steps}})
 
 
 def main(argv=None):
@@ -105,8 +103,8 @@ def main(argv=None):
   scales = [float(s) for s in args.scales.split(',')]
   steps = args.steps or (int(config.model.num_scales) if args.sampler == 'pc' else 50)
 
-  sde, eps = setup.get_sde(config)
-  model, _, template = setup.create_train_state(config, jax.random.PRNGKey(0))
+  sde = setup.get_sde(config)
+  model, template = setup.model_and_template(config)
   snaps = checkpoints.RunCheckpoints(args.score_workdir, asynchronous=False)
   score_step = args.score_step if args.score_step is not None else max(snaps.snapshot_steps())
   snaps.close()
@@ -119,8 +117,8 @@ def main(argv=None):
   judge, judge_clean = fit_judge(config.data.image_size)
   labels = jnp.asarray(np.repeat(classes, args.num_per_class), jnp.int32)
   shape = (len(labels), config.data.image_size, config.data.image_size, config.data.num_channels)
-  sampler = build_sampler(config, sde, eps, shape, args.sampler, steps)
-  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  sampler = build_sampler(config, shape, args.sampler, steps)
+  inverse_scaler = data.get_data_inverse_scaler(config)
 
   print(f'device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}); score model '
         f'{args.score_workdir} step {score_step}; sampler {args.sampler}, {steps} steps; '

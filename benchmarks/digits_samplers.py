@@ -17,7 +17,6 @@ For each sampler, `--num` samples from the run's EMA parameters (latest snapshot
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -32,27 +31,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import configs  # noqa: E402
 from conditional_digits import check_score_workdir, fit_judge  # noqa: E402
-from scoresde_jax import checkpoints, datasets, fast_solvers, sampling  # noqa: E402
-from scoresde_jax.run import images, setup  # noqa: E402
+from scoresde_jax import checkpoints, datasets  # noqa: E402
+from scoresde_jax.run import data, images, setup  # noqa: E402
 
 
-def samplers(config, sde, eps, shape):
+def samplers(config, shape):
   """(label, sampler) pairs; every sampler is `sampler(rng, score_fn) -> (x, nfe)`."""
   s = config.sampling
-  pc = sampling.get_pc_sampler(sde, shape, s.predictor, s.corrector, s.snr, s.n_steps_each,
-                               denoise=s.noise_removal, eps=eps)
-  em = sampling.get_pc_sampler(dataclasses.replace(sde, N=1000), shape, 'euler_maruyama', 'none',
-                               denoise=True, eps=eps)
-  fast = lambda name, **kw: fast_solvers.get_fast_sampler(name, sde, shape, eps=eps, **kw)
+  build = lambda **overrides: setup.get_sampler(config, shape, overrides=overrides)
+  fast = lambda name, steps: build(method=name, fast={'steps': steps})
   return [
-      (f'PC: {s.predictor} + {s.corrector} (config)', pc),
-      ('PC: Euler-Maruyama, 1000 steps', em),
-      ('ODE (dopri5, tol 1e-5)', sampling.get_ode_sampler(sde, shape, eps=eps)),
-      ('DPM-Solver++ 2M, 10 steps', fast('dpm_solver_2m', steps=10)),
-      ('DPM-Solver++ 2M, 20 steps', fast('dpm_solver_2m', steps=20)),
-      ('DPM-Solver++ 3M, 20 steps', fast('dpm_solver_3m', steps=20)),
-      ('DDIM, 20 steps', fast('ddim', steps=20)),
-      ('Heun (EDM), 10 steps + denoise', fast('heun', steps=10)),
+      (f'PC: {s.predictor} + {s.corrector} (config)', build(method='pc')),
+      ('PC: Euler-Maruyama, 1000 steps', build(method='pc', predictor='euler_maruyama',
+                                              corrector='none', num_scales=1000,
+                                              noise_removal=True)),
+      ('ODE (dopri5, tol 1e-5)', build(method='ode', noise_removal=False)),
+      ('DPM-Solver++ 2M, 10 steps', fast('dpm_solver_2m', 10)),
+      ('DPM-Solver++ 2M, 20 steps', fast('dpm_solver_2m', 20)),
+      ('DPM-Solver++ 3M, 20 steps', fast('dpm_solver_3m', 20)),
+      ('DDIM, 20 steps', fast('ddim', 20)),
+      ('Heun (EDM), 10 steps + denoise', fast('heun', 10)),
   ]
 
 
@@ -69,14 +67,14 @@ def main(argv=None):
   if config.data.dataset.upper() != 'DIGITS':
     raise ValueError(f'{args.config} is not a digits config (data.dataset={config.data.dataset}).')
   check_score_workdir(config, args.workdir)
-  sde, eps = setup.get_sde(config)
-  model, _, template = setup.create_train_state(config, jax.random.PRNGKey(0))
+  sde = setup.get_sde(config)
+  model, template = setup.model_and_template(config)
   snaps = checkpoints.RunCheckpoints(args.workdir, asynchronous=False)
   step = max(snaps.snapshot_steps())
   snaps.close()
   state = checkpoints.restore_snapshot(args.workdir, template, step)
   score_fn = setup.get_score_fn(config, sde, model, state.ema_params)
-  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  inverse_scaler = data.get_data_inverse_scaler(config)
 
   size = config.data.image_size
   judge, _ = fit_judge(size)
@@ -103,7 +101,7 @@ def main(argv=None):
             '| NN distance |\n|---|---|---|---|---|---|---|')
   rows = [f'| clean eval digits | - | - | {clean["outside"]:.3f} | {clean["confidence"]:.3f} | '
           f'{clean["classes"]} ({clean["top_share"]:.2f}) | {clean["nn"]:.2f} |']
-  for label, sampler in samplers(config, sde, eps, shape):
+  for label, sampler in samplers(config, shape):
     start = time.time()
     x, nfe = sampler(jax.random.PRNGKey(args.seed), score_fn)
     x = np.asarray(inverse_scaler(jax.device_get(x)))

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from scoresde_jax import parallel  # noqa: E402
 from scoresde_jax.evaluation import fid  # noqa: E402
 from scoresde_jax.evaluation import inception  # noqa: E402
 from scoresde_jax.evaluation import metrics  # noqa: E402
@@ -46,7 +47,7 @@ def main(argv=None):
   except FileNotFoundError:
     variables = inception.init_random_variables(jax.random.key(0))
     source = 'random weights (real file not found)'
-  mesh = inception.data_mesh()
+  mesh = parallel.make_mesh()
   n_dev = mesh.shape['data']
   batch = -(-args.batch_size // n_dev) * n_dev  # Divisible by the device count.
   rng = np.random.RandomState(0)

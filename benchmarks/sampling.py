@@ -4,7 +4,7 @@ Two measurements per (config, dtype), both in evaluation mode with the config's 
 convention (`setup.get_score_fn`, parameters passed into the compiled program):
   forward   one jitted call of the score function on a batch (`--batch`, default 1024)
             of random x and times t ~ U(eps, T): evaluations/s = batch / median seconds
-  sampler   the config's own sampler (`sampling.get_sampling_fn`, e.g. PC with reverse
+  sampler   the config's own sampler (`setup.get_sampler`, e.g. PC with reverse
             diffusion + Langevin for VE, Euler-Maruyama for VP) on the same batch, run with
             the SDE's discretization shortened to `--sampler_steps` steps so a call takes
             seconds: evaluations/s = NFE * batch / median seconds (NFE as the sampler reports
@@ -29,7 +29,6 @@ Needs jax, flax, optax, orbax-checkpoint, diffrax, numpy and ml_collections; not
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -42,17 +41,18 @@ def run_one(config_name: str, dtype: str, args) -> dict:
   """Measures one (config, dtype) case in this process; returns the row as a dict."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from scoresde_jax import models, parallel, sampling  # pylint: disable=import-outside-toplevel
-  from scoresde_jax.run import setup  # pylint: disable=import-outside-toplevel
+  from scoresde_jax import parallel, sde_lib  # pylint: disable=import-outside-toplevel
+  from scoresde_jax.run import networks, setup  # pylint: disable=import-outside-toplevel
 
   config = common.load_config(config_name, dtype, tiny=args.tiny)
   mesh = parallel.make_mesh()
   if args.batch % mesh.size:
     raise ValueError(f'--batch {args.batch} is not divisible by the {mesh.size} devices.')
   batch_sharding = parallel.data_sharding(mesh)
-  sde, eps = setup.get_sde(config)
-  model = models.get_model(config)
-  params = jax.jit(lambda key: models.init_model(key, config)[1],
+  sde = setup.get_sde(config)
+  eps = sde_lib.sampling_eps(sde)
+  model = networks.get_model(config)
+  params = jax.jit(lambda key: networks.init_model(key, config)[1],
                    out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
   score_fn = setup.get_score_fn(config, sde, model, params)
   size, channels = config.data.image_size, config.data.num_channels
@@ -69,8 +69,7 @@ def run_one(config_name: str, dtype: str, args) -> dict:
   fwd_s, fwd_times = common.time_calls(lambda: compiled(score_fn, x, t), args.steps, args.warmup)
 
   # The config's sampler over a shortened discretization (same cost per step).
-  short_sde = dataclasses.replace(sde, N=args.sampler_steps)
-  sampler = sampling.get_sampling_fn(config, short_sde, shape, eps, sharding=batch_sharding)
+  sampler = setup.get_sampler(config, shape, batch_sharding, {'num_scales': args.sampler_steps})
   rng = jax.random.PRNGKey(2)
   nfe_box = {}
 

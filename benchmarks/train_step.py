@@ -43,17 +43,17 @@ def run_one(config_name: str, dtype: str, args) -> dict:
   """Measures one (config, dtype) case in this process; returns the row as a dict."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from scoresde_jax import losses, models, parallel  # pylint: disable=import-outside-toplevel
-  from scoresde_jax.run import setup  # pylint: disable=import-outside-toplevel
+  from scoresde_jax import losses, parallel  # pylint: disable=import-outside-toplevel
+  from scoresde_jax.run import networks, setup  # pylint: disable=import-outside-toplevel
 
   config = common.load_config(config_name, dtype, tiny=args.tiny)
   mesh = parallel.make_mesh()
   if args.batch % mesh.size:
     raise ValueError(f'--batch {args.batch} is not divisible by the {mesh.size} devices.')
   replicated = parallel.replicated(mesh)
-  sde, _ = setup.get_sde(config)
-  model = models.get_model(config)
-  optimizer = losses.optimizer_from_config(config)
+  sde = setup.get_sde(config)
+  model = networks.get_model(config)
+  optimizer = setup.get_optimizer(config)
   # The run's initial state, initialized in one compiled call (eager init is slow).
   state = jax.jit(lambda key: setup.create_train_state(config, key)[2],
                   out_shardings=replicated)(jax.random.PRNGKey(0))

@@ -24,12 +24,10 @@ import flax
 import jax
 import orbax.checkpoint as ocp
 
+from scoresde_jax.errors import CheckpointError
+
 SNAPSHOTS = 'checkpoints'
 PREEMPTION = 'checkpoints-meta'
-
-
-class CheckpointError(RuntimeError):
-  pass
 
 
 class RunCheckpoints:
@@ -89,6 +87,16 @@ class RunCheckpoints:
   def close(self):
     self.snapshots.close()
     self.preemption.close()
+
+
+def snapshot_steps(workdir: str) -> list[int]:
+  """Steps of the finished snapshots in WORKDIR/checkpoints (empty when there are none)."""
+  directory = os.path.join(os.path.abspath(workdir), SNAPSHOTS)
+  if not os.path.isdir(directory):
+    return []
+  with ocp.CheckpointManager(directory,
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    return sorted(int(s) for s in manager.all_steps())
 
 
 def restore_snapshot(workdir: str, template, step: int):

@@ -1,8 +1,8 @@
 """Controllable generation: inpainting, colorization, class-conditional sampling, interpolation.
 
 Inpainting and colorization (Song et al. 2021, Sec. 5 and App. I) run the PC sampler on
-the full state and, after every corrector and every predictor update, overwrite the known
-part with the data pushed through the forward kernel to the current time,
+the full state with a `sampling.Replacement`: after every corrector and every predictor
+update the loop overwrites the known part with the data pushed through the forward kernel to the current time,
 x_known(t) = alpha(t) x_known(0) + sigma(t) z. Colorization is inpainting in a rotated color
 space: the orthonormal transform `COLOR_TRANSFORM` puts the gray level (the channel
 mean, times sqrt(3)) in channel 0 and two chroma directions in channels 1 and 2; channel 0
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde_jax import sampling, sde_lib
+from scoresde_jax import samplers, sampling, sde_lib
 
 # Columns: the gray direction (1, 1, 1) / sqrt(3) and two chroma directions orthogonal to
 # it, (-2, 1, 1) / sqrt(6) and (0, 1, -1) / sqrt(2). Orthonormal, so its inverse is its
@@ -62,104 +62,82 @@ def _check_color(x):
     raise ValueError(f'Colorization needs 3 color channels in the last axis; got shape {x.shape}.')
 
 
-def _get_replacement_sampler(sde, predictor, corrector, snr, n_steps, probability_flow, denoise,
-                             eps, to_latent, from_latent):
-  """PC sampling with the known latent coordinates replaced by the noised data.
+def inpaint(sampler: samplers.Sampler, rng, score_fn, data, mask):
+  """Inpaints `data: [B, ...]` where `mask` (broadcastable to it) is 0; 1 marks known entries.
 
-  `to_latent` / `from_latent` are an orthogonal linear map and its inverse (identity for
-  inpainting); `mask` marks known latent coordinates with 1. Returns
-  run(rng, score_fn, latent_data, mask) -> (x, nfe).
+  `sampler` is a PC sampler built for data's shape (`samplers.build`, or from a config with
+  `run.setup.get_sampler`). Returns (samples, nfe).
   """
-  predictor_fn = sampling.get_predictor(predictor)
-  corrector_fn = sampling.get_corrector(corrector)
-  if probability_flow and predictor.lower() == 'ancestral_sampling':
-    raise ValueError('Ancestral sampling has no probability-flow form.')
-  if not 0.0 < eps < sde.T:
-    raise ValueError(f'eps must lie in (0, T={sde.T}), got {eps!r}.')
-  num_steps = sde.N
-  nfe = num_steps * (sampling.update_nfe('predictor', predictor, n_steps)
-                     + sampling.update_nfe('corrector', corrector, n_steps))
+  data = jnp.asarray(data)
+  mask = jnp.asarray(mask, data.dtype)
+  try:
+    mask = jnp.broadcast_to(mask, data.shape)
+  except ValueError:
+    raise ValueError(f'mask of shape {mask.shape} does not broadcast to data {data.shape}.') from None
+  return _replaced(sampler, rng, score_fn, sampling.Replacement(data * mask, mask))
 
-  def replace(rng, x, t, known, mask):
-    """Known latent part := alpha(t) known + sigma(t) z; returns (x, x with mean there)."""
-    mean, std = sde.marginal_prob(known, t)
-    noisy = mean + sde_lib.batch_mul(std, jax.random.normal(rng, known.shape, known.dtype))
-    latent = to_latent(x)
-    return (from_latent(latent * (1 - mask) + noisy * mask),
-            from_latent(latent * (1 - mask) + mean * mask))
 
-  @jax.jit
-  def run(rng, score_fn, known, mask):
-    shape = known.shape
-    rng, prior_rng = jax.random.split(rng)
-    prior = to_latent(sde.prior_sampling(prior_rng, shape))
-    x = from_latent(known * mask + prior * (1 - mask))
-    timesteps = jnp.linspace(sde.T, eps, num_steps)
+def colorize(sampler: samplers.Sampler, rng, score_fn, gray):
+  """Colorizes `gray: [B, H, W, 3]` (equal channels, or any color image: only its channel
+  mean is used); the samples have exactly the channel mean of `gray`.
 
-    def body(i, carry):
-      x, _ = carry
-      t = jnp.full((shape[0],), timesteps[i])
-      c_rng, c_fix, p_rng, p_fix = jax.random.split(jax.random.fold_in(rng, i), 4)
-      x, _ = corrector_fn(c_rng, x, t, sde, score_fn, snr, n_steps)
-      x, _ = replace(c_fix, x, t, known, mask)
-      x, x_mean = predictor_fn(p_rng, x, t, sde, score_fn, probability_flow)
-      # x_mean keeps the unknown part's mean (no noise in the last step) for `denoise`.
-      x, _ = replace(p_fix, x, t, known, mask)
-      x_mean = from_latent(to_latent(x_mean) * (1 - mask) + known * mask)
-      return x, x_mean
+  `sampler` is a PC sampler built for gray's shape. Returns (samples, nfe).
+  """
+  gray = jnp.asarray(gray)
+  _check_color(gray)
+  mask = jnp.zeros_like(gray).at[..., 0].set(1.0)
+  return _replaced(sampler, rng, score_fn,
+                   sampling.Replacement(decouple(gray) * mask, mask, decouple, couple))
 
-    x, x_mean = jax.lax.fori_loop(0, num_steps, body, (x, x))
-    out = x_mean if denoise else x
-    # The known part is returned exactly.
-    return from_latent(to_latent(out) * (1 - mask) + known * mask)
 
-  return run, nfe
+def _replaced(sampler, rng, score_fn, replacement):
+  if sampler.spec.method != 'pc':
+    raise ValueError(f'Inpainting and colorization run the PC sampler, not {sampler.spec.method!r}.')
+  return sampler(rng, score_fn, replacement=replacement)
+
+
+def _per_shape(sde, predictor, corrector, snr, n_steps, probability_flow, denoise, eps, sharding):
+  """`sampler_for(shape)`: the PC sampler of these settings, built (and compiled) once per
+  shape of the data."""
+  spec = samplers.SamplerSpec(method='pc', predictor=predictor, corrector=corrector, snr=snr,
+                              n_steps_each=n_steps, probability_flow=probability_flow,
+                              noise_removal=denoise, eps=eps)
+  built = {}
+
+  def sampler_for(shape):
+    shape = tuple(shape)
+    if shape not in built:
+      built[shape] = samplers.build(spec, sde, shape, sharding)
+    return built[shape]
+
+  return sampler_for
 
 
 def get_pc_inpainter(sde: sde_lib.SDE, predictor: str = 'reverse_diffusion',
                      corrector: str = 'langevin', snr: float = 0.16, n_steps: int = 1,
                      probability_flow: bool = False, denoise: bool = True,
-                     eps: float = 1e-3) -> Callable:
+                     eps: float = 1e-3, sharding=None) -> Callable:
   """PC inpainter over sde.N steps (corrector then predictor, as `sampling.get_pc_sampler`).
 
-  Returns `inpainter(rng, score_fn, data, mask) -> (samples, nfe)` with `data: [B, ...]`
-  and `mask` broadcastable to it, 1 for known and 0 for missing entries.
+  Returns `inpainter(rng, score_fn, data, mask) -> (samples, nfe)` (see `inpaint`).
   """
-  run, nfe = _get_replacement_sampler(sde, predictor, corrector, snr, n_steps, probability_flow,
-                                      denoise, eps, lambda x: x, lambda x: x)
-
-  def inpainter(rng, score_fn, data, mask):
-    data = jnp.asarray(data)
-    mask = jnp.asarray(mask, data.dtype)
-    try:
-      mask = jnp.broadcast_to(mask, data.shape)
-    except ValueError:
-      raise ValueError(f'mask of shape {mask.shape} does not broadcast to data {data.shape}.') from None
-    return run(rng, sampling.as_partial(score_fn), data, mask), nfe
-
-  return inpainter
+  sampler_for = _per_shape(sde, predictor, corrector, snr, n_steps, probability_flow, denoise,
+                           eps, sharding)
+  return lambda rng, score_fn, data, mask: inpaint(sampler_for(jnp.shape(data)), rng, score_fn,
+                                                   data, mask)
 
 
 def get_pc_colorizer(sde: sde_lib.SDE, predictor: str = 'reverse_diffusion',
                      corrector: str = 'langevin', snr: float = 0.16, n_steps: int = 1,
                      probability_flow: bool = False, denoise: bool = True,
-                     eps: float = 1e-3) -> Callable:
+                     eps: float = 1e-3, sharding=None) -> Callable:
   """PC colorizer: inpainting of the chroma channels in the `decouple`d color space.
 
-  Returns `colorizer(rng, score_fn, gray) -> (samples, nfe)`, `gray: [B, H, W, 3]` with
-  equal channels (or any color image: only its channel mean is used). The samples have
-  exactly the channel mean of `gray`.
+  Returns `colorizer(rng, score_fn, gray) -> (samples, nfe)` (see `colorize`).
   """
-  run, nfe = _get_replacement_sampler(sde, predictor, corrector, snr, n_steps, probability_flow,
-                                      denoise, eps, decouple, couple)
-
-  def colorizer(rng, score_fn, gray):
-    gray = jnp.asarray(gray)
-    _check_color(gray)
-    mask = jnp.zeros_like(gray).at[..., 0].set(1.0)
-    return run(rng, sampling.as_partial(score_fn), decouple(gray) * mask, mask), nfe
-
-  return colorizer
+  sampler_for = _per_shape(sde, predictor, corrector, snr, n_steps, probability_flow, denoise,
+                           eps, sharding)
+  return lambda rng, score_fn, gray: colorize(sampler_for(jnp.shape(gray)), rng, score_fn, gray)
 
 
 def _conditional_score(score_fn, log_prob_fn, labels, scale, x, t):

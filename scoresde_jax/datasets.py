@@ -5,12 +5,14 @@ Every dataset yields Python iterators of numpy batches, dicts
   {'image': float32 [B, H, W, C] in [0, 1], 'label': int32 [B]}
 
 (`label` is -1 for datasets without labels: CelebA, LSUN, CelebA-HQ, FFHQ). Training streams
-carry a leading axis of `training.n_jitted_steps` fused steps, `[k, B, H, W, C]` and `[k, B]`,
-as in the reference. One-pass evaluation streams (`evaluation=True`) keep every example: the
-last batch is padded to full size and every batch carries `'mask': bool [B]` (False on padding).
-Scaling to [-1, 1] for centered models is `get_data_scaler(config)`, applied by the caller.
+may carry a leading axis of k fused steps (`additional_dim`; the runs use
+`training.n_jitted_steps`), `[k, B, H, W, C]` and `[k, B]`, as in the reference. One-pass
+evaluation streams (`evaluation=True`) keep every example: the last batch is padded to full size
+and every batch carries `'mask': bool [B]` (False on padding). Scaling to [-1, 1] for centered
+models is `get_data_scaler(centered)`, applied by the caller.
 
-Datasets (`config.data.dataset`):
+What to read is a `DataSpec` (the runs build it from `config.data`: `run.data.data_spec`).
+Datasets (`DataSpec.dataset`):
   DIGITS    scikit-learn's 1,797 handwritten 8x8 digits (shipped with scikit-learn, no download),
             gray levels 0..16 scaled to [0, 1] and repeated to `image_size` (a multiple of 8);
             a fixed 90/10 train/eval split. Pure numpy: TensorFlow is never imported.
@@ -19,14 +21,14 @@ Datasets (`config.data.dataset`):
   MNIST     tfds 'mnist' (train / test), as CIFAR10; gray, repeated to 3 channels if asked.
   CELEBA    tfds 'celeb_a' (train / validation): central 140x140 crop, then the shorter side
             resized to `image_size` (bilinear, antialiased).
-  LSUN      tfds 'lsun/<data.category>' (train / validation): for image_size 128 the shorter
+  LSUN      tfds 'lsun/<category>' (train / validation): for image_size 128 the shorter
             side resized to 128 then a central crop; otherwise a central square crop resized
             bicubically (antialiased) and rounded down to uint8.
-  CelebAHQ, FFHQ  TFRecords at `data.tfrecords_path` (a file or glob), one record per image with
+  CelebAHQ, FFHQ  TFRecords at `tfrecords_path` (a file or glob), one record per image with
             features 'shape' (int64 [3], C, H, W) and 'data' (raw uint8 bytes, CHW), as written
             by the progressive-GAN / StyleGAN `dataset_tool.py`; train and eval read the same files.
 
-Preprocessing as the reference: random left-right flip when `data.random_flip` (training streams
+Preprocessing as the reference: random left-right flip when `random_flip` (training streams
 only), uniform dequantization `(x * 255 + u) / 256`, `u ~ U[0, 1)`, when asked.
 
 Determinism and resumption. A training stream is a pure function of (seed, training step): the
@@ -42,15 +44,22 @@ batch of step s is the same whether the run started at 0 or was resumed with `st
   at step s starts epoch s // steps_per_epoch and skips the first (s % steps_per_epoch) * B
   examples of it before decoding work is done on them; it costs reading at most one epoch.
   For TFRecords the number of records is counted once (one read of the files) when resuming.
+
+Bad values of a spec field, the batch size or the number of fused steps raise `DataValueError`
+(a ValueError), whose message can name the setting the way the caller's user set it.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
+
+# DatasetNotFoundError is also this module's name for it: callers catch
+# `datasets.DatasetNotFoundError`.
+from scoresde_jax.errors import DatasetError, DatasetNotFoundError
 
 SUPPORTED_DATASETS = ('DIGITS', 'CIFAR10', 'SVHN', 'MNIST', 'CELEBA', 'LSUN', 'CelebAHQ', 'FFHQ')
 
@@ -64,46 +73,112 @@ _TFDS = {
 }
 _TFRECORDS = ('CelebAHQ', 'FFHQ')
 
-# The digits split is fixed (not config.seed) so every run evaluates on the same held-out images.
+# The digits split is fixed (not the run's seed) so every run evaluates on the same held-out
+# images.
 DIGITS_SPLIT_SEED = 0
 DIGITS_EVAL_FRACTION = 0.1
 
-_AUTO = 'auto'
 Batch = Dict[str, np.ndarray]
 
 
-class DatasetNotFoundError(ValueError):
-  """The dataset is not on this machine (or data.tfrecords_path is unset / wrong)."""
+class DataValueError(ValueError):
+  """A value of a dataset setting that cannot work.
+
+  `setting` is the setting's name for this module: a `DataSpec` field, 'batch_size' or
+  'additional_dim'. The message names it so; `naming(name)` is the same message naming it
+  `name` instead, so a caller can say which of its own settings (a config key) holds the value.
+  """
+
+  def __init__(self, setting: str, template: str, **values):
+    """`template`: the message, a `str.format` template of `{name}` and the `values`."""
+    self.setting = setting
+    self._template, self._values = template, values
+    super().__init__(self.naming(setting))
+
+  def naming(self, name: str) -> str:
+    return self._template.format(name=name, **self._values)
 
 
-def get_data_scaler(config) -> Callable:
-  """Maps data in [0, 1] to the model's range: [-1, 1] (`x * 2 - 1`) when data.centered."""
-  if config.data.centered:
+def _check_digits_shape(image_size: int, num_channels: int) -> None:
+  if image_size <= 0 or image_size % 8:
+    raise DataValueError('image_size', '{name}={size}: DIGITS images are 8x8, upsampled by '
+                         'pixel repetition, so image_size must be a positive multiple of 8 '
+                         '(e.g. 16).', size=image_size)
+  if num_channels not in (1, 3):
+    raise DataValueError('num_channels', '{name}={channels}: DIGITS is grayscale; use 1 (or 3).',
+                         channels=num_channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Which dataset to read and how to preprocess it (the runs' `config.data.<field>`).
+
+  Attributes:
+    dataset: one of SUPPORTED_DATASETS.
+    image_size: side S of the square images, pixels.
+    num_channels: C of the images (1 or 3; gray datasets are repeated to 3 channels if asked).
+    centered: the model sees data in [-1, 1] instead of [0, 1] (`get_data_scaler`).
+    random_flip: random left-right flips of training streams.
+    uniform_dequantization: add U[0, 1) / 256 noise to the 8-bit pixel levels.
+    data_dir: tfds data directory; None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    tfrecords_path: file or glob of the TFRecords of CelebAHQ and FFHQ.
+    category: the LSUN category (e.g. 'church_outdoor'); LSUN only.
+
+  Raises (on construction):
+    DataValueError: an unknown dataset, a size DIGITS cannot make, LSUN without a category.
+  """
+  dataset: str
+  image_size: int
+  num_channels: int
+  centered: bool = False
+  random_flip: bool = False
+  uniform_dequantization: bool = False
+  data_dir: Optional[str] = None
+  tfrecords_path: str = ''
+  category: Optional[str] = None
+
+  def __post_init__(self):
+    if self.dataset not in SUPPORTED_DATASETS:
+      raise DataValueError('dataset', '{name}={dataset!r} is not supported; choose one of '
+                           '{choices}.', dataset=self.dataset,
+                           choices=', '.join(SUPPORTED_DATASETS))
+    if self.dataset == 'DIGITS':
+      _check_digits_shape(self.image_size, self.num_channels)
+    if self.dataset == 'LSUN' and not self.category:
+      raise DataValueError('category', '{name} must name the LSUN category (e.g. '
+                           '"church_outdoor").')
+
+
+def get_data_scaler(centered: bool) -> Callable:
+  """Maps data in [0, 1] to the model's range: [-1, 1] (`x * 2 - 1`) when `centered`."""
+  if centered:
     return lambda x: x * 2. - 1.
   return lambda x: x
 
 
-def get_data_inverse_scaler(config) -> Callable:
+def get_data_inverse_scaler(centered: bool) -> Callable:
   """Inverse of `get_data_scaler`: maps the model's range back to [0, 1]."""
-  if config.data.centered:
+  if centered:
     return lambda x: (x + 1.) / 2.
   return lambda x: x
 
 
 def host_batch_size(batch_size: int, num_devices: int, num_processes: int = 1,
-                    name: str = 'training.batch_size') -> int:
+                    name: str = 'batch_size') -> int:
   """Examples per host of a global batch split over `num_devices` devices on `num_processes` hosts.
 
   Raises:
-    ValueError: the batch does not split evenly over the devices (or hosts).
+    DataValueError: the batch does not split evenly over the devices (or hosts); the message
+      calls the batch size `name`.
   """
   if batch_size <= 0:
-    raise ValueError(f'{name}={batch_size} must be positive.')
+    raise DataValueError(name, '{name}={size} must be positive.', size=batch_size)
   if batch_size % num_devices:
-    raise ValueError(f'{name}={batch_size} is not divisible by the {num_devices} devices; '
-                     f'use a multiple of {num_devices}.')
+    raise DataValueError(name, '{name}={size} is not divisible by the {n} devices; use a '
+                         'multiple of {n}.', size=batch_size, n=num_devices)
   if batch_size % num_processes:
-    raise ValueError(f'{name}={batch_size} is not divisible by the {num_processes} hosts.')
+    raise DataValueError(name, '{name}={size} is not divisible by the {n} hosts.',
+                         size=batch_size, n=num_processes)
   return batch_size // num_processes
 
 
@@ -133,11 +208,7 @@ def load_digits(split: str = 'train', image_size: int = 16,
       8x8 pixel repeated into an (image_size / 8)-square block);
     labels: int32 [N], the digit 0..9.
   """
-  if image_size % 8 or image_size <= 0:
-    raise ValueError(f'data.image_size={image_size}: DIGITS images are 8x8, upsampled by pixel '
-                     'repetition, so image_size must be a positive multiple of 8 (e.g. 16).')
-  if num_channels not in (1, 3):
-    raise ValueError(f'data.num_channels={num_channels}: DIGITS is grayscale; use 1 (or 3).')
+  _check_digits_shape(image_size, num_channels)
   if split not in ('train', 'eval'):
     raise ValueError(f"split={split!r}: use 'train' or 'eval'.")
   # Imported here: scikit-learn is only needed by the digits.
@@ -185,9 +256,9 @@ def digits_batch(images: np.ndarray, labels: np.ndarray, *, seed: int, step: int
   return {'image': x, 'label': labels[idx]}
 
 
-def _digits_stream(config, split, seed, start_step, global_batch, host_slice, evaluation,
+def _digits_stream(spec, split, seed, start_step, global_batch, host_slice, evaluation,
                    random_flip, uniform_dequantization) -> Iterator[Batch]:
-  images, labels = load_digits(split, config.data.image_size, config.data.num_channels)
+  images, labels = load_digits(split, spec.image_size, spec.num_channels)
   lo, hi = host_slice
   if evaluation:
     # One pass in a fixed order; the last batch is padded and masked.
@@ -244,6 +315,7 @@ def _missing_tfds_message(dataset: str, tfds_name: str, data_dir: Optional[str])
 
 
 def _missing_tfrecords_message(dataset: str, path: str) -> str:
+  # Names the config key: the runs' users set the path there.
   what = ('data.tfrecords_path is unset' if not path
           else f'data.tfrecords_path={path!r} matches no file')
   return (f'{dataset} is read from TFRecords and {what}. Create them with `dataset_tool.py` of '
@@ -253,10 +325,15 @@ def _missing_tfrecords_message(dataset: str, path: str) -> str:
           '`--config.data.tfrecords_path=/path/to/that-file.tfrecords` (a glob is accepted).')
 
 
-def _tf_preprocess_fn(config, dataset: str):
-  """The reference's per-dataset resize: uint8 [h, w, c] -> float32 [S, S, c] in [0, 1]."""
+def _channels_error(dataset: str, stored: int, wanted: int) -> DataValueError:
+  return DataValueError('num_channels', '{dataset} images have {stored} channels but '
+                        '{name}={wanted}.', dataset=dataset, stored=stored, wanted=wanted)
+
+
+def _tf_preprocess_fn(spec: DataSpec):
+  """The reference's per-dataset resize: uint8 [h, w, c] -> float32 [S, S, C] in [0, 1]."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  size = config.data.image_size
+  dataset, size = spec.dataset, spec.image_size
 
   def to_float(img):
     return tf.image.convert_image_dtype(img, tf.float32)
@@ -294,15 +371,14 @@ def _tf_preprocess_fn(config, dataset: str):
   else:  # TFRecords: already at their resolution.
     resize = to_float
 
-  channels = config.data.num_channels
+  channels = spec.num_channels
 
   def preprocess(img):
     img = resize(img)
     if img.shape[-1] == 1 and channels == 3:
       img = tf.image.grayscale_to_rgb(img)
     if img.shape[-1] is not None and img.shape[-1] != channels:
-      raise ValueError(f'{dataset} images have {img.shape[-1]} channels but '
-                       f'data.num_channels={channels}.')
+      raise _channels_error(dataset, img.shape[-1], channels)
     return tf.ensure_shape(img, [size, size, channels])
 
   return preprocess
@@ -311,8 +387,7 @@ def _tf_preprocess_fn(config, dataset: str):
 class _TFSource:
   """A host's shard of a split, readable epoch by epoch with a per-epoch shuffle seed."""
 
-  def __init__(self, config, dataset, split, data_dir, download, process_index, process_count,
-               evaluation):
+  def __init__(self, spec, split, download, process_index, process_count, evaluation):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     self._tf, self._tfds = tf, tfds
@@ -320,8 +395,9 @@ class _TFSource:
     self.options.deterministic = True
     self.options.experimental_optimization.map_parallelization = True
     self.channels = None  # of the stored images, where known before reading
+    dataset, data_dir = spec.dataset, spec.data_dir or None
     if dataset in _TFRECORDS:
-      path = config.data.get('tfrecords_path', '') or ''
+      path = spec.tfrecords_path
       files = sorted(tf.io.gfile.glob(path)) if path else []
       if not files:
         raise DatasetNotFoundError(_missing_tfrecords_message(dataset, path))
@@ -330,16 +406,14 @@ class _TFSource:
       return
     name, train_split, eval_split = _TFDS[dataset]
     if dataset == 'LSUN':
-      category = config.data.get('category', None)
-      if not category:
-        raise ValueError('data.category must name the LSUN category (e.g. "church_outdoor").')
-      name = name.format(category=category)
+      name = name.format(category=spec.category)
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError as e:
       raise DatasetNotFoundError(f'tfds has no dataset {name!r}: {e}') from e
     except ValueError as e:  # e.g. an unknown LSUN category (a tfds builder config)
-      raise ValueError(f'tfds cannot build {name!r} (check data.category): {e}') from e
+      raise DataValueError('category', 'tfds cannot build {tfds_name!r} (check {name}): '
+                           '{reason}', tfds_name=name, reason=e) from e
     if download:
       builder.download_and_prepare()
     self._builder = builder
@@ -402,18 +476,17 @@ class _TFSource:
     return n
 
 
-def _tf_stream(config, dataset, split, seed, start_step, host_batch, evaluation, random_flip,
-               uniform_dequantization, data_dir, download, process_index, process_count,
+def _tf_stream(spec, split, seed, start_step, host_batch, evaluation, random_flip,
+               uniform_dequantization, download, process_index, process_count,
                shuffle_buffer_size) -> Iterator[Batch]:
   """Generator of per-step host batches (see the module docstring for the determinism scheme)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  source = _TFSource(config, dataset, split, data_dir, download, process_index, process_count,
-                     evaluation)
-  channels, wanted = source.channels, config.data.num_channels
+  dataset = spec.dataset
+  source = _TFSource(spec, split, download, process_index, process_count, evaluation)
+  channels, wanted = source.channels, spec.num_channels
   if channels is not None and channels != wanted and not (channels == 1 and wanted == 3):
-    raise ValueError(f'{dataset} images have {channels} channels but '
-                     f'data.num_channels={wanted}.')
-  resize = _tf_preprocess_fn(config, dataset)
+    raise _channels_error(dataset, channels, wanted)
+  resize = _tf_preprocess_fn(spec)
   split_id = 0 if split == 'train' else 1
 
   def pipeline(epoch_seed, shuffle, flip, skip):
@@ -456,8 +529,8 @@ def _tf_stream(config, dataset, split, seed, start_step, host_batch, evaluation,
     n = source.count(source.read(None))
     steps_per_epoch = n // host_batch
     if steps_per_epoch == 0:
-      raise ValueError(f'The {split} shard of {dataset} on this host has {n} examples, fewer '
-                       f'than one batch of {host_batch}.')
+      raise DatasetError(f'The {split} shard of {dataset} on this host has {n} examples, fewer '
+                         f'than one batch of {host_batch}.')
     epoch, offset = divmod(start_step, steps_per_epoch)
   first = pipeline(epoch_seed_of(epoch), True, random_flip, offset * host_batch)
 
@@ -469,8 +542,8 @@ def _tf_stream(config, dataset, split, seed, start_step, host_batch, evaluation,
         empty = False
         yield {'image': b['image'], 'label': b['label']}
       if empty and e != epoch:
-        raise ValueError(f'The {split} shard of {dataset} on this host has fewer examples than '
-                         f'one batch of {host_batch}.')
+        raise DatasetError(f'The {split} shard of {dataset} on this host has fewer examples '
+                           f'than one batch of {host_batch}.')
       e += 1
       ds = pipeline(epoch_seed_of(e), True, random_flip, 0)
 
@@ -481,30 +554,27 @@ def _tf_stream(config, dataset, split, seed, start_step, host_batch, evaluation,
 # Entry point.
 
 
-def get_dataset(config, split: str = 'train', *, seed: Optional[int] = None,
-                evaluation: bool = False, start_step: int = 0, additional_dim: Any = _AUTO,
-                uniform_dequantization: Optional[bool] = None, batch_size: Optional[int] = None,
-                data_dir: Optional[str] = None, download: bool = False,
+def get_dataset(spec: DataSpec, split: str = 'train', *, batch_size: int, seed: int,
+                evaluation: bool = False, start_step: int = 0,
+                additional_dim: Optional[int] = None,
+                uniform_dequantization: Optional[bool] = None, download: bool = False,
                 num_devices: Optional[int] = None, process_index: Optional[int] = None,
                 process_count: Optional[int] = None,
                 shuffle_buffer_size: int = 10000) -> Iterator[Batch]:
-  """An iterator of this host's numpy batches of `config.data.dataset`.
+  """An iterator of this host's numpy batches of `spec.dataset`.
 
   Args:
-    config: the run's ConfigDict (reads data.*, training.batch_size, eval.batch_size,
-      training.n_jitted_steps, seed).
+    spec: what to read and how to preprocess it.
     split: 'train', or 'eval' (the held-out split: test / validation, digits' 10%).
-    seed: seed of shuffling and augmentation; default config.seed.
-    evaluation: one pass in a fixed order, no flips, last batch padded with a 'mask'; batch size
-      eval.batch_size. Otherwise an endless shuffled stream with batch size training.batch_size.
+    batch_size: global batch size (all hosts together).
+    seed: seed of shuffling and augmentation.
+    evaluation: one pass in a fixed order, no flips, last batch padded with a 'mask'.
+      Otherwise an endless shuffled stream.
     start_step: the training step whose batch comes first (resumption): the stream equals the
       uninterrupted one from that step on. Training streams only.
-    additional_dim: number of fused steps per element, a leading axis [k, B, ...]; default
-      training.n_jitted_steps for training streams and none for `evaluation`; None: no axis.
-    uniform_dequantization: default data.uniform_dequantization.
-    batch_size: global batch size, overriding the config's.
-    data_dir: tfds data directory (default data.data_dir if the config has it, else tfds's own
-      default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    additional_dim: number k of fused steps per element, a leading axis [k, B, ...]; None: no
+      axis. Training streams only.
+    uniform_dequantization: default spec.uniform_dequantization.
     download: let tfds download and prepare a missing dataset (otherwise a missing dataset raises
       DatasetNotFoundError saying how to prepare it).
     num_devices, process_index, process_count: default jax.device_count(), jax.process_index(),
@@ -513,99 +583,41 @@ def get_dataset(config, split: str = 'train', *, seed: Optional[int] = None,
 
   Returns:
     An iterator of {'image': float32 [(k,) B_host, H, W, C] in [0, 1], 'label': int32 [(k,) B_host]}
-    (+ 'mask': bool [B_host] when `evaluation`), B_host = batch size / process_count.
+    (+ 'mask': bool [B_host] when `evaluation`), B_host = batch_size / process_count.
 
   Raises:
-    ValueError: unknown dataset or split, batch size not divisible by the devices, bad sizes.
+    ValueError: unknown split, start_step or additional_dim that do not fit the stream.
+    DataValueError: batch size not divisible by the devices, additional_dim < 1, spec values
+      the stored data contradict (channels, LSUN category).
     DatasetNotFoundError: the dataset is not prepared on this machine (message says how to).
   """
-  dataset = config.data.dataset
-  if dataset not in SUPPORTED_DATASETS:
-    raise ValueError(f'config.data.dataset={dataset!r} is not supported; choose one of '
-                     f'{", ".join(SUPPORTED_DATASETS)}.')
   if split not in ('train', 'eval'):
     raise ValueError(f"split={split!r}: use 'train' or 'eval'.")
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0.')
   if evaluation and start_step:
     raise ValueError('start_step applies to training streams, not to one-pass evaluation.')
-  seed = config.seed if seed is None else seed
-  if additional_dim == _AUTO:
-    additional_dim = None if evaluation else config.training.n_jitted_steps
   if evaluation and additional_dim is not None:
     raise ValueError('One-pass evaluation streams yield single batches; pass additional_dim=None.')
   if additional_dim is not None and additional_dim < 1:
-    raise ValueError(f'additional_dim={additional_dim} (training.n_jitted_steps) must be >= 1.')
+    raise DataValueError('additional_dim', '{name}={k} must be >= 1.', k=additional_dim)
   if uniform_dequantization is None:
-    uniform_dequantization = config.data.uniform_dequantization
-  random_flip = bool(config.data.random_flip) and not evaluation
-  name = 'eval.batch_size' if evaluation else 'training.batch_size'
-  if batch_size is None:
-    batch_size = config.eval.batch_size if evaluation else config.training.batch_size
-  else:
-    name = 'batch_size'
+    uniform_dequantization = spec.uniform_dequantization
+  random_flip = bool(spec.random_flip) and not evaluation
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  host_batch = host_batch_size(batch_size, num_devices, process_count, name)
+  host_batch = host_batch_size(batch_size, num_devices, process_count)
 
   # Per-step start, counted in single steps even when k steps are fused per element.
-  if dataset == 'DIGITS':
+  if spec.dataset == 'DIGITS':
     host_slice = (process_index * host_batch, (process_index + 1) * host_batch)
-    steps = _digits_stream(config, split, seed, start_step, batch_size, host_slice, evaluation,
+    steps = _digits_stream(spec, split, seed, start_step, batch_size, host_slice, evaluation,
                            random_flip, bool(uniform_dequantization))
   else:
-    if data_dir is None:
-      data_dir = config.data.get('data_dir', None) or None
-    steps = _tf_stream(config, dataset, split, seed, start_step, host_batch, evaluation,
-                       random_flip, bool(uniform_dequantization), data_dir, download,
-                       process_index, process_count, shuffle_buffer_size)
+    steps = _tf_stream(spec, split, seed, start_step, host_batch, evaluation, random_flip,
+                       bool(uniform_dequantization), download, process_index, process_count,
+                       shuffle_buffer_size)
   if additional_dim is None:
     return steps
   return _group(steps, additional_dim)
-
-
-# ----------------------------------------------------------------------------------------------
-# Host batches -> global arrays.
-
-
-def to_global_array(local_batch: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
-  """This host's part of a batch -> a global jax.Array with `sharding`.
-
-  The hosts' parts are concatenated along the sharded axis (the global shape is inferred by
-  `jax.make_array_from_process_local_data`). Raises ValueError when the global size of that
-  axis is not divisible by the devices it is sharded over.
-  """
-  local_batch = np.asarray(local_batch)
-  spec = getattr(sharding, 'spec', None)
-  mesh = getattr(sharding, 'mesh', None)
-  if spec is not None and mesh is not None:
-    for axis, names in enumerate(spec):
-      if names is None:
-        continue
-      names = names if isinstance(names, tuple) else (names,)
-      n = math.prod(mesh.shape[a] for a in names)
-      if axis >= local_batch.ndim:
-        raise ValueError(f'Sharding {spec} does not fit an array of shape {local_batch.shape}.')
-      size = local_batch.shape[axis] * jax.process_count()
-      if size % n:
-        raise ValueError(f'The batch size ({size}, axis {axis} of shape {local_batch.shape}) is '
-                         f'not divisible by the {n} devices of mesh axis {"/".join(names)}.')
-  return jax.make_array_from_process_local_data(sharding, local_batch)
-
-
-def shard_batch(batch, sharding_or_mesh, axis_name: str = 'data'):
-  """A host batch (an array or a dict of arrays) -> global jax.Arrays sharded over `axis_name`.
-
-  With a `Mesh`, the batch axis is 0, or 1 when images carry a leading axis of fused steps
-  (image arrays of rank 5, `[k, B, H, W, C]`; a dict is judged by its 'image'). With a
-  `Sharding`, every array gets that sharding.
-  """
-  if isinstance(sharding_or_mesh, jax.sharding.Mesh):
-    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-    image = batch['image'] if isinstance(batch, dict) else batch
-    axis = 1 if np.ndim(image) == 5 else 0
-    shardings = NamedSharding(sharding_or_mesh, PartitionSpec(*([None] * axis), axis_name))
-  else:
-    shardings = sharding_or_mesh
-  return jax.tree_util.tree_map(lambda x: to_global_array(x, shardings), batch)

@@ -35,8 +35,12 @@ class DatasetNotFoundError(DatasetError):
   """The configured dataset is not prepared (or not where the config says)."""
 
 
-class CheckpointError(UserError, RuntimeError):
-  """A checkpoint that is missing or does not fit the config."""
+class CheckpointError(UserError, ValueError):
+  """A checkpoint that is missing, unreadable or does not fit the config's network."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+  """No checkpoint where the run looks for one (train first)."""
 
 
 class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):

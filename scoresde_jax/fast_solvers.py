@@ -46,7 +46,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde_jax import parallel, sde_lib
-from scoresde_jax.sde_lib import batch_mul
 
 SCHEDULES = ('uniform', 'logsnr', 'edm')
 
@@ -375,11 +374,17 @@ def fast_sampler_names() -> list[str]:
   return sorted(_FAST_SAMPLERS)
 
 
+def get_fast_sampler_builder(name: str) -> Callable:
+  """The builder `builder(sde, shape, steps, ..., eps, sharding)` of a fast sampler by name."""
+  if name not in _FAST_SAMPLERS:
+    raise ValueError(f'Unknown fast sampler {name!r}; expected one of {fast_sampler_names()}.')
+  return _FAST_SAMPLERS[name]
+
+
 def get_fast_sampler(name: str, sde: sde_lib.SDE, shape, **kwargs) -> Callable:
   """A fast sampler by name ('ddim', 'dpm_solver_1', 'dpm_solver_2m', 'dpm_solver_3m',
   'heun'); `kwargs` go to its builder (`steps` is required)."""
-  if name not in _FAST_SAMPLERS:
-    raise ValueError(f'Unknown fast sampler {name!r}; expected one of {fast_sampler_names()}.')
+  builder = get_fast_sampler_builder(name)
   if 'steps' not in kwargs:
     raise ValueError(f'Fast sampler {name!r} needs the number of steps (steps=...).')
-  return _FAST_SAMPLERS[name](sde, shape, **kwargs)
+  return builder(sde, shape, **kwargs)

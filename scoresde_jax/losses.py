@@ -139,15 +139,6 @@ def get_optimizer(lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1: fl
   return optax.chain(*parts)
 
 
-def optimizer_from_config(config) -> optax.GradientTransformation:
-  optim = config.optim
-  if optim.optimizer.lower() != 'adam':
-    raise ValueError(f'Unknown optimizer {optim.optimizer!r} (config.optim.optimizer); '
-                     'supported: Adam.')
-  return get_optimizer(optim.lr, optim.warmup, optim.grad_clip, optim.beta1,
-                       optim.get('beta2', 0.999), optim.eps, optim.weight_decay)
-
-
 @flax.struct.dataclass
 class TrainState:
   """Everything a resumed run needs to continue exactly.
@@ -199,16 +190,17 @@ def get_step_fn(loss_fn, optimizer: optax.GradientTransformation | None = None,
 
 
 def get_multi_step_fn(step_fn):
-  """Fuses several steps into one call: `batches: [n, B, ...]` -> metrics stacked `[n]`.
+  """Fuses several steps into one call: `batches: [n, B, ...]` (or a pytree of such arrays)
+  -> metrics stacked `[n]`.
 
   The reference's `n_jitted_steps`: amortizes dispatch and host overhead over n steps.
   """
 
   def multi_step(state, batches):
-    if batches.shape[0] == 1:
+    if jax.tree_util.tree_leaves(batches)[0].shape[0] == 1:
       # Without a loop: XLA:CPU runs convolution gradients inside while loops many times
       # slower than outside them, so CPU runs use n_jitted_steps = 1.
-      state, metrics = step_fn(state, batches[0])
+      state, metrics = step_fn(state, jax.tree_util.tree_map(lambda b: b[0], batches))
       return state, jax.tree_util.tree_map(lambda m: m[None], metrics)
     return jax.lax.scan(step_fn, state, batches)
 

@@ -20,6 +20,7 @@ report the true number of function evaluations (NFE).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -208,6 +209,44 @@ def no_corrector(rng, x, t, sde, score_fn, snr, n_steps):
 # Samplers
 
 
+def _identity(x):
+  return x
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=['known', 'mask'],
+                   meta_fields=['to_latent', 'from_latent'])
+@dataclasses.dataclass(frozen=True)
+class Replacement:
+  """Known coordinates that PC sampling keeps fixed: the "replacement" conditioning of
+  inpainting and colorization (Song et al. 2021, App. I).
+
+  In the latent basis `to_latent(x)` (an orthogonal linear map, `from_latent` its inverse;
+  the identity for inpainting), coordinates where `mask` is 1 are known to equal `known`.
+  After every corrector and predictor update the PC loop overwrites them with the data
+  pushed through the forward kernel to the current time, alpha(t) known + sigma(t) z, and
+  the final sample holds `known` itself there.
+
+  known, mask: `[B, ...]` like the samples (`known` is ignored where `mask` is 0).
+  A pytree: `known` and `mask` are traced inputs of the compiled sampler.
+  """
+  known: jax.Array
+  mask: jax.Array
+  to_latent: Callable = _identity
+  from_latent: Callable = _identity
+
+  def exact(self, x):
+    """`x` with its known coordinates set to `known`."""
+    latent = self.to_latent(x)
+    return self.from_latent(latent * (1 - self.mask) + self.known * self.mask)
+
+  def noised(self, rng, x, t, sde):
+    """`x` with its known coordinates set to a sample of p_t(x(t) | x(0) = known)."""
+    mean, std = sde.marginal_prob(self.known, t)
+    noisy = mean + batch_mul(std, jax.random.normal(rng, self.known.shape, self.known.dtype))
+    latent = self.to_latent(x)
+    return self.from_latent(latent * (1 - self.mask) + noisy * self.mask)
+
+
 def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'reverse_diffusion',
                    corrector: str = 'langevin', snr: float = 0.16, n_steps: int = 1,
                    probability_flow: bool = False, denoise: bool = True, eps: float = 1e-3,
@@ -231,13 +270,17 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'rev
       'data' axis); the sample stays sharded through the whole loop.
 
   Returns:
-    `sampler(rng, score_fn) -> (samples, nfe)`, or `-> (samples, nfe, trajectory)` with
-    `trajectory: [len(trajectory_steps), *shape]` when trajectory_steps is given.
+    `sampler(rng, score_fn, replacement=None) -> (samples, nfe)`, or
+    `-> (samples, nfe, trajectory)` with `trajectory: [len(trajectory_steps), *shape]` when
+    trajectory_steps is given. `replacement` (a `Replacement`) conditions the samples on
+    known coordinates (inpainting, colorization).
   """
   predictor_update = _lookup(_PREDICTORS, 'predictor', predictor)
   corrector_update = _lookup(_CORRECTORS, 'corrector', corrector)
   if probability_flow and predictor.lower() == 'ancestral_sampling':
     raise ValueError('Ancestral sampling has no probability-flow form.')
+  if not 0.0 < eps < sde.T:
+    raise ValueError(f'eps must lie in (0, T={sde.T}), got {eps!r}.')
   shape = tuple(shape)
   num_steps = sde.N
   nfe = num_steps * (update_nfe('predictor', predictor, n_steps)
@@ -250,9 +293,11 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'rev
     record[steps] = np.arange(len(steps))
 
   @jax.jit
-  def run(rng, score_fn):
+  def run(rng, score_fn, replacement):
     rng, prior_rng = jax.random.split(rng)
     x = constrain(sde.prior_sampling(prior_rng, shape), sharding)
+    if replacement is not None:
+      x = replacement.exact(x)
     timesteps = jnp.linspace(sde.T, eps, num_steps)
     traj = None if trajectory_steps is None else jnp.zeros((len(trajectory_steps),) + shape, x.dtype)
 
@@ -261,8 +306,16 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'rev
       t = jnp.full((shape[0],), timesteps[i])
       step_rng = jax.random.fold_in(rng, i)
       c_rng, p_rng = jax.random.split(step_rng)
+      if replacement is not None:
+        # Keys of their own: the updates draw the same noise with or without a replacement.
+        c_fix, p_fix = jax.random.split(jax.random.fold_in(step_rng, 1))
       x, x_mean = corrector_update.fn(c_rng, x, t, sde, score_fn, snr, n_steps)
+      if replacement is not None:
+        x = replacement.noised(c_fix, x, t, sde)
       x, x_mean = predictor_update.fn(p_rng, x, t, sde, score_fn, probability_flow)
+      if replacement is not None:
+        # x_mean keeps the unknown part's mean (no noise in the last step) for `denoise`.
+        x, x_mean = replacement.noised(p_fix, x, t, sde), replacement.exact(x_mean)
       x, x_mean = constrain(x, sharding), constrain(x_mean, sharding)
       if traj is not None:
         slot = jnp.asarray(record)[i]
@@ -271,10 +324,15 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'rev
 
     x, x_mean, traj = jax.lax.fori_loop(0, num_steps, body, (x, x, traj))
     out = x_mean if denoise else x
+    if replacement is not None:
+      out = replacement.exact(out)
     return out if traj is None else (out, traj)
 
-  def sampler(rng, score_fn):
-    result = run(rng, as_partial(score_fn))
+  def sampler(rng, score_fn, replacement: Replacement | None = None):
+    if replacement is not None and tuple(replacement.known.shape) != shape:
+      raise ValueError(f'Known data of shape {tuple(replacement.known.shape)}; the sampler was '
+                       f'built for {shape}.')
+    result = run(rng, as_partial(score_fn), replacement)
     if trajectory_steps is None:
       return result, nfe
     return result[0], nfe, result[1]
@@ -296,10 +354,14 @@ _ODE_SOLVERS = {
 
 
 def _ode_solver(method: str):
-  try:
-    return _ODE_SOLVERS[method.lower()]()
-  except KeyError:
-    raise ValueError(f'Unknown ODE method {method!r}; expected one of {sorted(_ODE_SOLVERS)}.') from None
+  check_ode_method(method)
+  return _ODE_SOLVERS[method.lower()]()
+
+
+def check_ode_method(method: str):
+  """Raises ValueError, naming the known solvers, unless `method` is one of them."""
+  if str(method).lower() not in _ODE_SOLVERS:
+    raise ValueError(f'Unknown ODE method {method!r}; expected one of {sorted(_ODE_SOLVERS)}.')
 
 
 def _solver_nfe(solver, stats) -> jax.Array:
@@ -397,26 +459,3 @@ def get_ode_encoder(sde: sde_lib.SDE, rtol: float = 1e-5, atol: float = 1e-5, ep
     return run(as_partial(score_fn), x)
 
   return encode
-
-
-# ----------------------------------------------------------------------------------------
-# Construction from config
-
-
-def get_sampling_fn(config, sde: sde_lib.SDE, shape: Sequence[int], eps: float, sharding=None):
-  """The sampler named by `config.sampling.method` ('pc' or 'ode', or a fast solver)."""
-  method = config.sampling.method.lower()
-  if method == 'pc':
-    return get_pc_sampler(sde, shape, config.sampling.predictor, config.sampling.corrector,
-                          config.sampling.snr, config.sampling.n_steps_each,
-                          probability_flow=config.sampling.probability_flow,
-                          denoise=config.sampling.noise_removal, eps=eps, sharding=sharding)
-  if method == 'ode':
-    return get_ode_sampler(sde, shape, denoise=config.sampling.noise_removal, eps=eps,
-                           rtol=config.sampling.get('rtol', 1e-5),
-                           atol=config.sampling.get('atol', 1e-5),
-                           method=config.sampling.get('ode_method', 'dopri5'), sharding=sharding)
-  from scoresde_jax import fast_solvers  # pylint: disable=import-outside-toplevel
-  options = dict(config.sampling.get('fast', {}))
-  options.setdefault('eps', eps)
-  return fast_solvers.get_fast_sampler(method, sde, shape, sharding=sharding, **options)

@@ -252,3 +252,9 @@ def get_sde(name: str, **kwargs) -> SDE:
   except KeyError:
     raise ValueError(f'Unknown SDE {name!r}; expected one of {sorted(SDES)}.') from None
   return cls(**kwargs)
+
+
+def sampling_eps(sde: SDE) -> float:
+  """The end time of sampling the paper and its reference code use for `sde` (their
+  `sampling_eps`): 1e-5 for VE, 1e-3 for VP and sub-VP."""
+  return 1e-5 if isinstance(sde, VESDE) else 1e-3

@@ -1,5 +1,4 @@
 """The noise-conditional Wide-ResNet classifier, its training and its use in conditional sampling."""
-import math
 import os
 
 import jax
@@ -8,9 +7,9 @@ import numpy as np
 import pytest
 
 import configs
-from scoresde_jax import controllable, datasets, sde_lib
+from scoresde_jax import controllable, datasets, errors, sde_lib
 from scoresde_jax.models import wideresnet_noise_conditional as wrn
-from scoresde_jax.run import train, train_classifier as tc
+from scoresde_jax.run import networks, train_classifier as tc
 
 from run_utils import leaves_equal, set_keys
 
@@ -44,7 +43,7 @@ def trained(tmp_path_factory):
 
 def test_network_shape_conditioning_and_independence():
   config = tiny_config()
-  model, params = wrn.init_classifier(jax.random.PRNGKey(0), config)
+  model, params = networks.init_classifier(jax.random.PRNGKey(0), config)
   apply = jax.jit(lambda x, s: model.apply({'params': params}, x, s))
   x = jax.random.uniform(jax.random.PRNGKey(1), (3, 8, 8, 1))
   low = apply(x, jnp.full((3,), 0.01))
@@ -73,10 +72,10 @@ def test_network_shape_conditioning_and_independence():
 def test_depth_and_config_errors():
   config = tiny_config(**{'classifier.depth': 12})
   with pytest.raises(ValueError, match='6 n \\+ 4'):
-    wrn.init_classifier(jax.random.PRNGKey(0), config)
+    networks.init_classifier(jax.random.PRNGKey(0), config)
   plain = configs.load_config(os.path.join(ROOT, 'configs/ve/digits.py'))
   with pytest.raises(ValueError, match='no `classifier` section'):
-    wrn.get_classifier(plain)
+    networks.get_classifier(plain)
 
 
 def test_classifier_inputs_closed_forms():
@@ -157,7 +156,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
   longer = tc.train_classifier(tiny_config(**{**overrides, 'classifier.n_iters': 7}),
                                str(tmp_path / 'resumed'))
   assert int(longer.step) == 7
-  with pytest.raises(train.WorkdirConfigMismatch, match='classifier.width'):
+  with pytest.raises(errors.WorkdirConfigMismatch, match='classifier.width'):
     tc.train_classifier(tiny_config(**{**overrides, 'classifier.width': 2}),
                         str(tmp_path / 'resumed'))
 

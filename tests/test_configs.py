@@ -4,7 +4,6 @@ The table `_REFERENCE` holds values read from the reference implementation's con
 (yang-song/score_sde, configs/), with its two typos resolved as intended (ve/ncsn/celeba.py
 `training.loss` -> `training.sde`, ve/ncsnv2/bedroom.py `continuouse` -> `continuous`).
 """
-import os
 import pathlib
 import sys
 
@@ -19,6 +18,7 @@ if str(ROOT) not in sys.path:
 
 from configs import load_config  # noqa: E402
 from scoresde_jax import models  # noqa: E402
+from scoresde_jax.run import networks  # noqa: E402
 
 CONFIG_DIR = ROOT / 'configs'
 CONFIG_FILES = sorted(
@@ -263,7 +263,7 @@ def _architecture_key(config):
 def _shapes(config):
   """Input shape, parameter shapes and output shape of the config's network (no FLOPs spent)."""
   shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
-  model = models.get_model(config)
+  model = networks.get_model(config)
   if config.model.name in ('ncsn', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256'):
     labels = jnp.zeros((1,), jnp.int32)  # Noise-level indices.
   else:

@@ -15,9 +15,15 @@ import numpy as np
 import pytest
 
 from scoresde_jax import convert
-from scoresde_jax.models import utils as mutils
+from scoresde_jax.run import networks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+
+
+def net(config):
+  """The network of `config` and the shape of one input image, what the converter takes."""
+  size = config.data.image_size
+  return networks.get_model(config), (size, size, config.data.num_channels)
 
 
 def load_case(name):
@@ -30,8 +36,8 @@ def load_case(name):
 @pytest.mark.parametrize('name', ['ddpm_cond', 'ddpm_uncond_centered'])
 def test_matches_reference(name):
   config, sd, x, labels, ref = load_case(name)
-  params = convert.torch_state_dict_to_params(sd, config)
-  model = mutils.get_model(config)
+  params = convert.torch_state_dict_to_params(sd, *net(config))
+  model = networks.get_model(config)
   out = jax.jit(lambda p: model.apply({'params': p}, x, labels, train=False))(params)
   assert out.shape == ref.shape and out.dtype == jnp.float32
   assert float(np.max(np.abs(np.asarray(out) - ref)) / np.max(np.abs(ref))) < 1e-5
@@ -39,7 +45,7 @@ def test_matches_reference(name):
 
 def test_unconditional_has_no_time_layers():
   config, _, x, labels, _ = load_case('ddpm_uncond_centered')
-  model = mutils.get_model(config)
+  model = networks.get_model(config)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, labels, train=False))
   params = shapes['params']
   assert 'Dense_0' not in params and 'Dense_0' not in params['ResnetBlockDDPM_0']
@@ -50,6 +56,6 @@ def test_unconditional_has_no_time_layers():
 def test_channels_must_fit_32_groups():
   config, _, x, labels, _ = load_case('ddpm_cond')
   config.model.nf = 16
-  model = mutils.get_model(config)
+  model = networks.get_model(config)
   with pytest.raises(ValueError, match='multiple of 32'):
     jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, labels, train=False))

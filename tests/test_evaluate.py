@@ -19,7 +19,8 @@ from configs import load_config
 from scoresde_jax import checkpoints, datasets
 from scoresde_jax.evaluation import fid as fid_lib
 from scoresde_jax.evaluation import inception, metrics
-from scoresde_jax.run import evaluate, setup
+from scoresde_jax import errors
+from scoresde_jax.run import eval_likelihood, evaluate, sample, setup, stats, sweeps
 
 SNAPSHOT_FREQ = 10
 
@@ -89,8 +90,8 @@ def run(tmp_path_factory):
   ckpts.wait()
   ckpts.close()
   variables = random_inception_variables()
-  stats_path = os.path.join(workdir, evaluate.stats_filename(config))
-  evaluate.compute_dataset_stats(config, stats_path, inception_variables=variables, max_images=12)
+  stats_path = os.path.join(workdir, stats.stats_filename(config))
+  stats.compute_dataset_stats(config, stats_path, inception_variables=variables, max_images=12)
   return config, workdir, variables, stats_path
 
 
@@ -120,7 +121,7 @@ def test_dataset_stats_are_those_of_the_train_images(run):
   other = tiny_config()
   other.data.image_size = 16
   with pytest.raises(ValueError, match='image_size=16'):
-    evaluate.load_stats(other, stats_path)
+    stats.load_stats(other, stats_path)
 
 
 def test_low_rank_fid_equals_sqrtm_formula():
@@ -133,7 +134,7 @@ def test_low_rank_fid_equals_sqrtm_formula():
     mu, sigma = x.mean(0), np.cov(x, rowvar=False)
     covmean = scipy.linalg.sqrtm(sigma @ sigma_ref).real
     expected = np.sum((mu - mu_ref) ** 2) + np.trace(sigma + sigma_ref - 2 * covmean)
-    np.testing.assert_allclose(evaluate.fid_to_reference(x, mu_ref, sigma_ref), expected,
+    np.testing.assert_allclose(metrics.fid_to_reference(x, mu_ref, sigma_ref), expected,
                                rtol=1e-6)
 
 
@@ -177,7 +178,7 @@ def test_eval_writes_results_and_a_rerun_skips_them(run, monkeypatch):
   np.testing.assert_allclose(result['is'], is_mean, rtol=1e-4)
   mu_ref, sigma_ref = metrics.activation_statistics(data_pool)
   np.testing.assert_allclose(result['fid'],
-                             evaluate.fid_to_reference(acts['pool_3'], mu_ref, sigma_ref),
+                             metrics.fid_to_reference(acts['pool_3'], mu_ref, sigma_ref),
                              rtol=1e-3)
 
   # Summary tables, one row for snapshot 1.
@@ -193,9 +194,9 @@ def test_eval_writes_results_and_a_rerun_skips_them(run, monkeypatch):
     raise AssertionError('recomputed a finished result')
 
   mtimes = {p: os.stat(p).st_mtime_ns for p in (result_file, ckpt_file)}
-  monkeypatch.setattr(evaluate, 'get_setting_sampler', forbidden)
-  monkeypatch.setattr(evaluate, 'eval_loss', forbidden)
-  monkeypatch.setattr(evaluate, 'eval_bpd', forbidden)
+  monkeypatch.setattr(setup, 'get_sampler', forbidden)
+  monkeypatch.setattr(eval_likelihood.LossEval, '__call__', forbidden)
+  monkeypatch.setattr(eval_likelihood.BpdEval, '__call__', forbidden)
   again = evaluate.evaluate(config, workdir, 'eval', inception_variables=variables)
   assert again[0]['fid'] == result['fid']
   assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
@@ -209,28 +210,28 @@ def test_eval_writes_results_and_a_rerun_skips_them(run, monkeypatch):
 def test_missing_stats_is_a_clear_error(run, tmp_path, monkeypatch):
   _, workdir, variables, _ = run
   config = tiny_config()
-  monkeypatch.setenv(evaluate.STATS_DIR_ENV, str(tmp_path / 'nostats'))
+  monkeypatch.setenv(stats.STATS_DIR_ENV, str(tmp_path / 'nostats'))
   monkeypatch.chdir(tmp_path)  # no assets/stats here
   config.eval.stats_path = str(tmp_path / 'cifar_missing.npz')
-  with pytest.raises(evaluate.StatsNotFoundError, match='--mode fid_stats'):
+  with pytest.raises(errors.StatsNotFoundError, match='--mode fid_stats'):
     evaluate.evaluate(config, workdir, 'eval_nostats', inception_variables=variables)
   assert not os.path.exists(os.path.join(workdir, 'eval_nostats'))
 
 
 def test_stats_lookup_order(tmp_path, monkeypatch):
   config = tiny_config()
-  monkeypatch.setenv(evaluate.STATS_DIR_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setenv(stats.STATS_DIR_ENV, str(tmp_path / 'cache'))
   monkeypatch.chdir(tmp_path)
   workdir = tmp_path / 'runs' / 'digits'
   workdir.mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match='digits_stats.npz'):
-    evaluate.resolve_stats_path(config, str(workdir))
+    stats.resolve_stats_path(config, str(workdir))
   parent_file = tmp_path / 'runs' / 'digits_stats.npz'
   parent_file.write_bytes(b'')
-  assert evaluate.resolve_stats_path(config, str(workdir)) == str(parent_file)
+  assert stats.resolve_stats_path(config, str(workdir)) == str(parent_file)
   own_file = workdir / 'digits_stats.npz'
   own_file.write_bytes(b'')
-  assert evaluate.resolve_stats_path(config, str(workdir)) == str(own_file)
+  assert stats.resolve_stats_path(config, str(workdir)) == str(own_file)
 
 
 def test_missing_checkpoints_are_a_clear_error(run):
@@ -246,7 +247,7 @@ def test_sample_mode_writes_grid_and_npz(run):
   config, workdir, _, _ = run
   config = tiny_config()
   config.sampling.corrector = 'none'
-  out = evaluate.sample(config, workdir, 'eval_sample', num_samples=6)
+  out = sample.sample(config, workdir, 'eval_sample', num_samples=6)
   assert out['step'] == SNAPSHOT_FREQ and out['nfe'] == 10
   with np.load(out['npz']) as f:
     assert f['samples'].shape == (6, 8, 8, 1) and f['samples'].dtype == np.uint8
@@ -258,37 +259,37 @@ def test_sample_mode_writes_grid_and_npz(run):
 def test_paper_table1_sweep():
   config = tiny_config()
   config.model.num_scales = 1000
-  names = [s['name'] for s in evaluate.paper_table1_sweep(config)]
+  names = [s['name'] for s in sweeps.paper_table1_sweep(config)]
   assert names == ['P1000_ancestral_sampling', 'P1000_reverse_diffusion', 'P1000_probability_flow',
                    'P2000_ancestral_sampling', 'P2000_reverse_diffusion', 'P2000_probability_flow',
                    'C2000', 'PC1000_ancestral_sampling', 'PC1000_reverse_diffusion',
                    'PC1000_probability_flow']
   del config.eval.sweep  # typed as a list by tiny_config
   config.eval.sweep = 'table1'
-  sweep = {s['name']: s for s in evaluate.get_sweep(config)}
+  sweep = {s['name']: s for s in sweeps.get_sweep(config)}
   assert sweep['C2000']['predictor'] == 'none' and sweep['C2000']['corrector'] == 'langevin'
   assert sweep['C2000']['num_scales'] == 2000
   assert sweep['PC1000_probability_flow']['probability_flow'] is True
   subvp = load_config('configs/subvp/digits.py')
-  subvp_names = [s['name'] for s in evaluate.paper_table1_sweep(subvp)]
+  subvp_names = [s['name'] for s in sweeps.paper_table1_sweep(subvp)]
   assert not any('ancestral' in n for n in subvp_names) and len(subvp_names) == 7
 
 
 def test_sweep_validation():
   config = tiny_config()
   del config.eval.sweep
-  (default,) = evaluate.get_sweep(config)
+  (default,) = sweeps.get_sweep(config)
   assert default['name'] == 'pc_reverse_diffusion_langevin'
   assert default['num_scales'] == 10
   config.eval.sweep = [{'name': 'a', 'predictor': 'nope'}]
   with pytest.raises(ValueError, match="Unknown predictor 'nope'"):
-    evaluate.get_sweep(config)
+    sweeps.get_sweep(config)
   config.eval.sweep = [{'name': 'a/b'}]
   with pytest.raises(ValueError, match='file name'):
-    evaluate.get_sweep(config)
+    sweeps.get_sweep(config)
   config.eval.sweep = [{'name': 'a'}, {'name': 'a', 'method': 'ode'}]
   with pytest.raises(ValueError, match='duplicate'):
-    evaluate.get_sweep(config)
+    sweeps.get_sweep(config)
   config.eval.sweep = [{'name': 'a', 'predicter': 'euler_maruyama'}]
   with pytest.raises(ValueError, match='unknown keys'):
-    evaluate.get_sweep(config)
+    sweeps.get_sweep(config)

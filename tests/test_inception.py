@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from scoresde_jax import parallel, torch_pickle
 from scoresde_jax.evaluation import fid
 from scoresde_jax.evaluation import inception
 from scoresde_jax.evaluation import metrics
@@ -118,7 +119,7 @@ def test_converter_reports_missing_and_unexpected(parity):
 def test_sharded_features_and_compute_activations(parity):
   v = parity['variables']
   images = parity['images_small']
-  sharded = inception.sharded_features(v, images, mesh=inception.data_mesh())
+  sharded = inception.sharded_features(v, images, mesh=parallel.make_mesh())
   np.testing.assert_allclose(sharded['pool_3'], parity['pool_3'][:3], rtol=1e-4, atol=1e-4)
   # Batches of 3, then 2 (padded to 3 internally: no recompilation), truncated by
   # max_samples, then one that is never read.
@@ -202,7 +203,7 @@ def test_bad_images_rejected_before_running_network():
 
 @pytest.mark.parametrize('name', ['inception_torchsave_zip.pth', 'inception_torchsave_legacy.pth'])
 def test_load_torch_state_dict_matches_torch(name):
-  got = weights.load_torch_state_dict(os.path.join(FIXTURES, name))
+  got = torch_pickle.load_state_dict(os.path.join(FIXTURES, name))
   with np.load(os.path.join(FIXTURES, 'inception_torchsave_expected.npz')) as f:
     expected = {k: f[k] for k in f.files}
   assert list(got) == list(expected)  # Nested keys joined with '.', file order kept.
@@ -231,8 +232,8 @@ def test_refuses_malicious_zip_pickle(tmp_path):
   with zipfile.ZipFile(path, 'w') as zf:
     zf.writestr('evil/data.pkl', _evil_pickle(marker))
     zf.writestr('evil/version', '3\n')
-  with pytest.raises(weights.UnsafeCheckpointError, match=r'global os\.system'):
-    weights.load_torch_state_dict(path)
+  with pytest.raises(torch_pickle.UnsafeCheckpointError, match=r'global os\.system'):
+    torch_pickle.load_state_dict(path)
   assert not marker.exists()
 
 
@@ -242,22 +243,22 @@ def test_refuses_malicious_legacy_pickle(tmp_path):
   header = pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2) + pickle.dumps(1001, protocol=2)
   header += pickle.dumps({'little_endian': True}, protocol=2)
   path.write_bytes(header + _evil_pickle(marker))
-  with pytest.raises(weights.UnsafeCheckpointError, match=r'global os\.system'):
-    weights.load_torch_state_dict(path)
+  with pytest.raises(torch_pickle.UnsafeCheckpointError, match=r'global os\.system'):
+    torch_pickle.load_state_dict(path)
   # The payload in the very first pickle is refused too.
   path.write_bytes(f"cbuiltins\neval\n(S'open(\"{marker}\", \"w\")'\ntR.".encode())
-  with pytest.raises(weights.UnsafeCheckpointError, match=r'global builtins\.eval'):
-    weights.load_torch_state_dict(path)
+  with pytest.raises(torch_pickle.UnsafeCheckpointError, match=r'global builtins\.eval'):
+    torch_pickle.load_state_dict(path)
   assert not marker.exists()
 
 
 def test_load_torch_state_dict_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='nothing.pth'):
-    weights.load_torch_state_dict(tmp_path / 'nothing.pth')
+    torch_pickle.load_state_dict(tmp_path / 'nothing.pth')
   bad = tmp_path / 'bad.pth'
   bad.write_bytes(pickle.dumps(12345, protocol=2))
   with pytest.raises(ValueError, match='not a torch checkpoint'):
-    weights.load_torch_state_dict(bad)
+    torch_pickle.load_state_dict(bad)
 
 
 # ---------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_load_inception_converts_and_caches(parity, tmp_path, monkeypatch):
     calls.append(path)
     return parity['state_dict']
 
-  monkeypatch.setattr(weights, 'load_torch_state_dict', fake_reader)
+  monkeypatch.setattr(torch_pickle, 'load_state_dict', fake_reader)
   cache = tmp_path / 'cache'
   v1 = weights.load_inception(pth, cache_dir=cache)
   assert len(calls) == 1 and len(os.listdir(cache)) == 1

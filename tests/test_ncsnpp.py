@@ -19,10 +19,16 @@ import pytest
 
 from scoresde_jax import convert
 from scoresde_jax.models import layers
-from scoresde_jax.models import utils as mutils
+from scoresde_jax.run import networks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 CASES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(FIXTURES, 'ncsnpp_*.npz')))
+
+
+def net(config):
+  """The network of `config` and the shape of one input image, what the converter takes."""
+  size = config.data.image_size
+  return networks.get_model(config), (size, size, config.data.num_channels)
 
 
 def load_case(name):
@@ -43,8 +49,8 @@ def test_fixture_set_is_complete():
 @pytest.mark.parametrize('name', CASES)
 def test_matches_reference(name):
   config, sd, x, labels, ref = load_case(name)
-  params = convert.torch_state_dict_to_params(sd, config)
-  model = mutils.get_model(config)
+  params = convert.torch_state_dict_to_params(sd, *net(config))
+  model = networks.get_model(config)
   out = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y, train=False))(params, x, labels)
   assert out.shape == ref.shape and out.dtype == jnp.float32
   assert rel_err(out, ref) < 1e-5
@@ -58,7 +64,7 @@ def _small_config(**model):
 
 def _trace_init(config):
   # Shapes only: config errors surface while tracing, no computation needed.
-  model = mutils.get_model(config)
+  model = networks.get_model(config)
   s = config.data.image_size
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)),
                                            jnp.ones((1,)), train=False))
@@ -66,9 +72,9 @@ def _trace_init(config):
 
 def test_bfloat16_compute_keeps_float32_params_and_output():
   config, sd, x, labels, ref = load_case('ncsnpp_vp_residual')
-  params = convert.torch_state_dict_to_params(sd, config)
+  params = convert.torch_state_dict_to_params(sd, *net(config))
   config.model.dtype = 'bfloat16'
-  model = mutils.get_model(config)
+  model = networks.get_model(config)
   out = jax.jit(lambda p: model.apply({'params': p}, x, labels, train=False))(params)
   assert out.dtype == jnp.float32
   err = rel_err(out, ref)
@@ -79,8 +85,8 @@ def test_bfloat16_compute_keeps_float32_params_and_output():
 
 def test_dropout_uses_rng_in_training_only():
   config, sd, x, labels, ref = load_case('ncsnpp_ddpmblock_naive_inskip')  # dropout 0.1
-  params = convert.torch_state_dict_to_params(sd, config)
-  model = mutils.get_model(config)
+  params = convert.torch_state_dict_to_params(sd, *net(config))
+  model = networks.get_model(config)
   f = jax.jit(lambda rng: model.apply({'params': params}, x, labels, train=True,
                                       rngs={'dropout': rng}))
   a, b, c = f(jax.random.PRNGKey(0)), f(jax.random.PRNGKey(0)), f(jax.random.PRNGKey(1))

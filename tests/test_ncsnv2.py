@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 from configs import load_config  # noqa: E402
 from scoresde_jax import models  # noqa: E402
 from scoresde_jax.models import ncsn_layers, ncsnv2  # noqa: E402
+from scoresde_jax.run import networks  # noqa: E402
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
 CASES = {  # fixture -> config it was made from
@@ -48,8 +49,13 @@ def _fixture(name):
   return config, state_dict, data
 
 
+def _params_from_torch(state_dict, config):
+  image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  return ncsnv2.params_from_torch(state_dict, networks.get_model(config), image_shape)
+
+
 def _apply(config, params, x, labels):
-  model = models.get_model(config)
+  model = networks.get_model(config)
   return jax.jit(lambda p, x, y: model.apply({'params': p}, x, y, train=False))(params, x, labels)
 
 
@@ -57,8 +63,8 @@ def _apply(config, params, x, labels):
 def _converted(name):
   """(config, params, fixture data, compiled apply) of a fixture; compiled once per module."""
   config, state_dict, data = _fixture(name)
-  params = ncsnv2.params_from_torch(state_dict, config)
-  model = models.get_model(config)
+  params = _params_from_torch(state_dict, config)
+  model = networks.get_model(config)
   apply = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y, train=False))
   return config, params, data, apply
 
@@ -79,25 +85,25 @@ def test_matches_reference(name):
 
 def test_converter_accepts_dataparallel_prefix_and_names_problems():
   config, state_dict, _ = _fixture('ncsnv2_64')
-  plain = ncsnv2.params_from_torch(state_dict, config)
-  prefixed = ncsnv2.params_from_torch({'module.' + k: v for k, v in state_dict.items()}, config)
+  plain = _params_from_torch(state_dict, config)
+  prefixed = _params_from_torch({'module.' + k: v for k, v in state_dict.items()}, config)
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(
       lambda a, b: bool(jnp.array_equal(a, b)), plain, prefixed))
 
   missing = dict(state_dict)
   del missing['refine2.msf.convs.1.bias']
   with pytest.raises(ValueError, match='missing refine2/msf/convs_1/bias'):
-    ncsnv2.params_from_torch(missing, config)
+    _params_from_torch(missing, config)
   wrong = dict(state_dict)
   wrong['end_conv.weight'] = wrong['end_conv.weight'][:, :4]
   with pytest.raises(ValueError, match='end_conv.weight: shape'):
-    ncsnv2.params_from_torch(wrong, config)
+    _params_from_torch(wrong, config)
   extra = dict(state_dict, **{'refine9.crp.convs.0.weight': np.zeros((8, 8, 3, 3))})
   with pytest.raises(ValueError, match='unexpected refine9'):
-    ncsnv2.params_from_torch(extra, config)
+    _params_from_torch(extra, config)
   config.model.sigma_max = 60  # The checkpoint's sigmas no longer match the config.
   with pytest.raises(ValueError, match='sigmas'):
-    ncsnv2.params_from_torch(state_dict, config)
+    _params_from_torch(state_dict, config)
 
 
 def test_ncsn_depends_on_label_through_conditional_norms():
@@ -116,7 +122,7 @@ def test_ncsn_depends_on_label_through_conditional_norms():
                                         ('ve/ncsn/cifar10.py', 30_117_635)])
 def test_parameter_counts(path, count):
   config = load_config(str(ROOT / 'configs' / path))
-  params = jax.eval_shape(lambda key: models.init_model(key, config)[1], jax.random.PRNGKey(0))
+  params = jax.eval_shape(lambda key: networks.init_model(key, config)[1], jax.random.PRNGKey(0))
   assert sum(p.size for p in jax.tree_util.tree_leaves(params)) == count
 
 
@@ -182,17 +188,17 @@ def test_bad_configs_raise_clear_errors():
   config.model.name = 'ncsnv2_256'
   config.data.image_size = 36  # Not divisible by the three downsamplings.
   with pytest.raises(ValueError, match='divisible by 8'):
-    jax.eval_shape(lambda k: models.init_model(k, config)[1], jax.random.PRNGKey(0))
+    jax.eval_shape(lambda k: networks.init_model(k, config)[1], jax.random.PRNGKey(0))
   config = load_config(str(ROOT / 'configs' / 've/ncsnv2/cifar10.py'))
   config.model.normalization = 'GroupNorm'
   with pytest.raises(ValueError, match='InstanceNorm\\+\\+'):
-    jax.eval_shape(lambda k: models.init_model(k, config)[1], jax.random.PRNGKey(0))
+    jax.eval_shape(lambda k: networks.init_model(k, config)[1], jax.random.PRNGKey(0))
   config = load_config(str(ROOT / 'configs' / 've/ncsnv2/cifar10.py'))
   config.model.nonlinearity = 'gelu'
   with pytest.raises(ValueError, match='nonlinearity'):
-    jax.eval_shape(lambda k: models.init_model(k, config)[1], jax.random.PRNGKey(0))
+    jax.eval_shape(lambda k: networks.init_model(k, config)[1], jax.random.PRNGKey(0))
   config = load_config(str(ROOT / 'configs' / 've/ncsn/cifar10.py'))
   del config.model['num_classes']  # Untie it from num_scales (a shared reference).
   config.model.num_classes = 7
   with pytest.raises(ValueError, match='num_classes'):
-    jax.eval_shape(lambda k: models.init_model(k, config)[1], jax.random.PRNGKey(0))
+    jax.eval_shape(lambda k: networks.init_model(k, config)[1], jax.random.PRNGKey(0))

@@ -186,7 +186,7 @@ def check_pretrained(summary, nb, workdir):
 
 def check_evaluate(summary, nb, workdir):
   from configs import load_config
-  from scoresde_jax.run import evaluate
+  from scoresde_jax.run import sweeps
   p = EVALUATE
   assert summary['reference_num_images'] == p['NUM_REF_IMAGES']
   assert os.path.dirname(summary['stats_path']) == workdir
@@ -202,7 +202,7 @@ def check_evaluate(summary, nb, workdir):
   n = p['SWEEP_N']
   config = load_config(os.path.join(nu.ROOT, 'configs/ve/digits.py'))
   config.model.num_scales = n
-  names = [s['name'] for s in evaluate.paper_table1_sweep(config)]
+  names = [s['name'] for s in sweeps.paper_table1_sweep(config)]
   names += ['ODE_dopri5', f'DPM-Solver++_2M_{p["FAST_STEPS"]}']
   rows = summary['sweep']
   assert [(r['sde'], r['sampler']) for r in rows] == [(s, m) for s in p['SWEEP_SDES'] for m in names]

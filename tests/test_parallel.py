@@ -1,10 +1,19 @@
 """Sharded over 8 (simulated) devices, samplers and the training step give the single-device
-results. Runs in a subprocess because the device count is fixed when JAX starts."""
+results; host batches become global arrays and come back to numpy in order, also on two hosts
+(two processes on this machine). Runs in subprocesses because the device count is fixed when
+JAX starts."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+
+import numpy as np
+
+from scoresde_jax import parallel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent('''
     import json
@@ -52,13 +61,16 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_eight_devices_match_one():
+def _run_on_8_devices(script: str, timeout: int) -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
-  proc = subprocess.run([sys.executable, '-c', SCRIPT], env=env, capture_output=True, text=True,
-                        timeout=600)
+  env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+  return subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_eight_devices_match_one():
+  proc = _run_on_8_devices(SCRIPT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.split('RESULT', 1)[1])
   assert out['pc_shards'] == 8 and out['pc_shard_shape'] == [8, 4]
@@ -68,3 +80,118 @@ def test_eight_devices_match_one():
   losses_one, losses_eight = out['loss']
   assert all(abs(a - b) < 1e-5 * max(1.0, abs(a)) for a, b in zip(losses_one, losses_eight))
   assert out['param_diff'] < 1e-5, out
+
+
+_SHARD_SCRIPT = textwrap.dedent('''
+  import sys
+  import jax
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  import configs
+  from scoresde_jax import parallel
+  from scoresde_jax.run import data as run_data
+
+  assert jax.device_count() == 8
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  config = configs.load_config('configs/ve/digits.py')
+  config.training.batch_size = 16
+  config.training.n_jitted_steps = 2
+  batch = next(run_data.get_dataset(config, 'train'))
+  assert 'tensorflow' not in sys.modules  # digits never import TensorFlow
+
+  out = parallel.shard_batch(batch, mesh)
+  for key, axis in (('image', 1), ('label', 1)):
+    arr = out[key]
+    assert arr.shape == batch[key].shape, (arr.shape, batch[key].shape)
+    shards = sorted(arr.addressable_shards, key=lambda s: s.index[axis].start)
+    assert len(shards) == 8 and len({s.device for s in shards}) == 8
+    assert all(s.data.shape[axis] == 2 for s in shards)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(s.data) for s in shards], axis),
+                                  batch[key])
+    np.testing.assert_array_equal(np.asarray(arr), batch[key])
+
+  single = {k: v[0] for k, v in batch.items()}  # no fused-steps axis: batch axis 0
+  arr = parallel.shard_batch(single, mesh)['image']
+  shards = sorted(arr.addressable_shards, key=lambda s: s.index[0].start)
+  assert len(shards) == 8
+  np.testing.assert_array_equal(np.concatenate([np.asarray(s.data) for s in shards]),
+                                single['image'])
+  arr = parallel.shard_batch(batch['image'], NamedSharding(mesh, P(None, 'data')))
+  assert len(arr.addressable_shards) == 8
+  np.testing.assert_array_equal(np.asarray(arr), batch['image'])
+
+  # Back to numpy: one host holds every row, in order; it keeps a replicated array whole.
+  rows = parallel.shard_batch(single, mesh)['label']
+  np.testing.assert_array_equal(parallel.host_local(rows), single['label'])
+  np.testing.assert_array_equal(parallel.allgather_rows(parallel.host_local(rows)),
+                                single['label'])
+  whole = jax.device_put(single['label'], parallel.replicated(mesh))
+  np.testing.assert_array_equal(parallel.host_local(whole), single['label'])
+
+  try:
+    parallel.shard_batch(np.zeros((12, 4, 4, 1), np.float32), mesh)
+    raise SystemExit('no error for 12 examples on 8 devices')
+  except ValueError as e:
+    assert 'not divisible by the 8 devices' in str(e), e
+  config.training.batch_size = 12
+  try:
+    run_data.get_dataset(config, 'train')
+    raise SystemExit('no error for batch size 12 on 8 devices')
+  except ValueError as e:
+    assert 'training.batch_size=12 is not divisible by the 8 devices' in str(e), e
+  print('OK')
+''')
+
+
+def test_shard_batch_over_8_devices():
+  proc = _run_on_8_devices(_SHARD_SCRIPT, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith('OK'), proc.stderr[-3000:]
+
+
+def test_one_process_keeps_its_arrays_whole():
+  x = np.arange(12.).reshape(6, 2)
+  np.testing.assert_array_equal(parallel.host_local(x), x)
+  np.testing.assert_array_equal(parallel.allgather_rows(x), x)
+  np.testing.assert_array_equal(parallel.allgather_rows(x[:0]), x[:0])
+
+
+_HOST_SCRIPT = textwrap.dedent('''
+  import sys
+  import jax
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[1]))
+  import numpy as np
+  from scoresde_jax import parallel
+
+  host = jax.process_index()
+  assert jax.process_count() == 2 and jax.device_count() == 8
+  mesh = parallel.make_mesh()
+  x = np.arange(32).reshape(16, 2)
+  local = x[8 * host:8 * (host + 1)]
+  np.testing.assert_array_equal(parallel.host_local(parallel.shard_batch(local, mesh)), local)
+  whole = parallel.host_local(jax.device_put(np.arange(5), parallel.replicated(mesh)))
+  assert len(whole) == (5 if host == 0 else 0), whole
+  # Uneven row counts: 3 on host 0, 7 on host 1.
+  rows = parallel.allgather_rows(x[:3] if host == 0 else x[3:10])
+  np.testing.assert_array_equal(rows, x[:10])
+  print('OK')
+''')
+
+
+def test_two_hosts_keep_their_rows_and_gather_in_host_order():
+  with socket.socket() as sock:  # a free port for the coordinator
+    sock.bind(('localhost', 0))
+    address = f'localhost:{sock.getsockname()[1]}'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+  procs = [subprocess.Popen([sys.executable, '-c', _HOST_SCRIPT, str(i), address], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=300) for p in procs]
+  finally:  # a host that waits for the other forever
+    for p in procs:
+      p.kill()
+  for p, (stdout, stderr) in zip(procs, outs):
+    assert p.returncode == 0 and stdout.strip().endswith('OK'), stderr[-3000:]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import load_config
-from scoresde_jax.models import utils as mutils
+from scoresde_jax.run import networks
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 
@@ -36,7 +36,7 @@ REFERENCE_COUNTS = {
 
 def count_params(config) -> int:
   """Number of scalar parameters of `get_model(config)`, from shapes only."""
-  model = mutils.get_model(config)
+  model = networks.get_model(config)
   size, channels = config.data.image_size, config.data.num_channels
 
   def init():

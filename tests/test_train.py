@@ -11,7 +11,7 @@ import pytest
 
 import configs
 import main
-from scoresde_jax import checkpoints
+from scoresde_jax import checkpoints, errors
 from scoresde_jax.run import setup, train
 
 from run_utils import leaves_equal, set_keys
@@ -66,7 +66,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeyp
   """A corrupt batch (NaN pixels) at step 7 makes the loss NaN there; the run stops naming
   step 7, and the checkpoint of step 6 (saved every 2 steps) restores with finite values."""
   config = tiny_config(**{'training.n_iters': 40})
-  real_get_dataset = train.datasets.get_dataset
+  real_get_dataset = train.data.get_dataset
 
   def corrupt_at_step_7(config, split, **kwargs):
     for i, batch in enumerate(real_get_dataset(config, split, **kwargs)):
@@ -74,9 +74,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeyp
         batch = dict(batch, image=np.full_like(batch['image'], np.nan))
       yield batch
 
-  monkeypatch.setattr(train.datasets, 'get_dataset', corrupt_at_step_7)
+  monkeypatch.setattr(train.data, 'get_dataset', corrupt_at_step_7)
   workdir = str(tmp_path / 'nan')
-  with pytest.raises(train.TrainingDivergedError, match=r'Loss is nan at step 7; training stopped'
+  with pytest.raises(errors.TrainingDivergedError, match=r'Loss is nan at step 7; training stopped'
                      r'.*checkpoint \(step 6\) is intact'):
     train.train(config, workdir)
   ckpts = checkpoints.RunCheckpoints(workdir)
@@ -89,7 +89,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeyp
 
 def test_workdir_of_another_config_is_refused(tmp_path):
   main.run('train', tiny_config(**{'training.n_iters': 2}), str(tmp_path))
-  with pytest.raises(train.WorkdirConfigMismatch, match=r'model.nf: 8 -> 16'):
+  with pytest.raises(errors.WorkdirConfigMismatch, match=r'model.nf: 8 -> 16'):
     train.train(tiny_config(**{'model.nf': 16}), str(tmp_path))
 
 
@@ -120,7 +120,7 @@ def test_batch_not_divisible_by_devices(tmp_path):
   proc = _main('--mode', 'train', '--workdir', str(tmp_path), '--config', 'configs/ve/digits.py',
                '--config.training.batch_size=12',
                env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
-  assert proc.returncode == 1
+  assert proc.returncode == 2  # a user error (main.USER_ERROR)
   assert 'training.batch_size=12 is not divisible by the 8 devices' in proc.stderr
   assert 'Traceback' not in proc.stderr
 

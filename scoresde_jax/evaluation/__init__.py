@@ -18,8 +18,4 @@ from scoresde_jax.evaluation.metrics import (
     load_statistics,
     save_statistics,
 )
-from scoresde_jax.evaluation.weights import (
-    UnsafeCheckpointError,
-    load_inception,
-    load_torch_state_dict,
-)
+from scoresde_jax.evaluation.weights import load_inception

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 import jax
 import numpy as np
 
+from scoresde_jax import parallel
 from scoresde_jax.evaluation import inception
 from scoresde_jax.evaluation import metrics
 from scoresde_jax.evaluation import weights as weights_lib
@@ -50,10 +51,9 @@ def compute_activations(batches: Iterable[Any], variables: Any | None = None, *,
   """
   if variables is None:
     variables = weights_lib.load_inception()
-  mesh = inception.data_mesh() if mesh is None else mesh
+  mesh = parallel.make_mesh() if mesh is None else mesh
   # Replicate the ~95 MB of variables once, not once per batch.
-  variables = jax.device_put(
-      variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  variables = jax.device_put(variables, parallel.replicated(mesh))
   pools, logits = [], []
   n = 0
   padded_size = None

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from scoresde_jax import parallel
 
 INCEPTION_IMAGE_SIZE = 299
 POOL_FEATURES = 2048
@@ -311,17 +313,6 @@ def variable_shapes() -> Any:
   return _variable_shapes()
 
 
-# ---------------------------------------------------------------------------
-# Data parallelism over a 'data' mesh axis.
-# ---------------------------------------------------------------------------
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh named 'data' over `devices` (default: all devices)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.sharding.Mesh(np.asarray(devices), ('data',))
-
-
 def sharded_features(variables: Any, images, mesh: jax.sharding.Mesh | None = None,
                      check_range: bool = True) -> dict[str, np.ndarray]:
   """Features of a host batch, split over the mesh's 'data' axis, gathered to numpy.
@@ -332,15 +323,14 @@ def sharded_features(variables: Any, images, mesh: jax.sharding.Mesh | None = No
   as float32 numpy arrays.
   """
   check_images(images, check_range=check_range)
-  mesh = data_mesh() if mesh is None else mesh
+  mesh = parallel.make_mesh() if mesh is None else mesh
   images = np.asarray(images)
   n = images.shape[0]
   n_dev = mesh.shape['data']
   pad = (-n) % n_dev
   if pad:
     images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)], axis=0)
-  P = jax.sharding.PartitionSpec
-  x = jax.device_put(images, jax.sharding.NamedSharding(mesh, P('data')))
-  variables = jax.device_put(variables, jax.sharding.NamedSharding(mesh, P()))
+  x = jax.device_put(images, parallel.data_sharding(mesh))
+  variables = jax.device_put(variables, parallel.replicated(mesh))
   out = inception_features(variables, x)
   return {k: np.asarray(v)[:n] for k, v in out.items()}

@@ -1,9 +1,14 @@
-"""Score networks. Importing this package registers every architecture by config name."""
+"""Score networks, registered by architecture name (`registered_models`, `get_architecture`).
+
+Networks take typed fields; `scoresde_jax.run.networks` builds them from a config.
+"""
 from scoresde_jax.models.utils import (
-    get_model,
+    FieldError,
+    ScoreFn,
+    get_architecture,
     get_model_fn,
     get_score_fn,
-    init_model,
+    init_params,
     model_fn_to_score_fn,
     register_model,
     registered_models,

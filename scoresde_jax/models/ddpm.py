@@ -1,9 +1,11 @@
 """DDPM U-Net (Ho et al. 2020) as configured in score_sde. Registered as 'ddpm'.
 
-`DDPM(config=config).apply({'params': p}, x, labels, train=...)`:
-  x: [B, H, W, C] float32 (in [0, 1] unless `config.data.centered`, then [-1, 1]);
+`DDPM(nf=128, ch_mult=(1, 2, 2, 2), ...).apply({'params': p}, x, labels, train=...)`:
+  x: [B, H, W, C] float32 (in [0, 1] unless `centered`, then [-1, 1]);
   labels: [B] timesteps (integers for discrete DDPM, t * 999 for continuous training);
   returns [B, H, W, C] float32 (divided by sigmas[labels] when `scale_by_sigma`).
+
+Each field is set by the `config.model` key of its name (`centered` by config.data.centered).
 
 Unlike the PyTorch port, `conditional=False` builds (no time embedding, no per-block
 Dense layers, as in the original Flax model). GroupNorm uses 32 groups, so every channel
@@ -15,49 +17,84 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from scoresde_jax.models import layers
-from scoresde_jax.models.utils import register_model
+from scoresde_jax.models.utils import FieldError, register_model
 
 
 @register_model(name='ddpm')
 class DDPM(nn.Module):
-  """DDPM score/noise network (see module docstring for the call signature)."""
-  config: ml_collections.ConfigDict
+  """DDPM score/noise network (see the module docstring for the call signature).
+
+  Attributes:
+    nf: base channel count; level i has nf * ch_mult[i] channels.
+    ch_mult: channel multipliers, one per resolution (len - 1 halvings).
+    num_res_blocks: residual blocks per resolution.
+    attn_resolutions: feature-map sides (H) that get self-attention.
+    dropout: dropout rate inside residual blocks.
+    resamp_with_conv: resamplers convolve after resizing.
+    conditional: embed the labels and feed them to every residual block.
+    scale_by_sigma: divide the output by sigmas[labels].
+    nonlinearity: elu | relu | lrelu | swish.
+    centered: inputs are in [-1, 1] already (else [0, 1]).
+    normalization: 'GroupNorm' only.
+    sigma_min, sigma_max, num_scales: the noise levels; required by `scale_by_sigma`.
+    dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+  """
+  nf: int
+  ch_mult: tuple[int, ...]
+  num_res_blocks: int
+  attn_resolutions: tuple[int, ...]
+  dropout: float
+  resamp_with_conv: bool
+  conditional: bool
+  scale_by_sigma: bool
+  nonlinearity: str
+  centered: bool
+  normalization: str = 'GroupNorm'
+  sigma_min: float | None = None
+  sigma_max: float | None = None
+  num_scales: int | None = None
+  dtype: str = 'float32'
+
+  def __post_init__(self):
+    if self.normalization != 'GroupNorm':
+      raise FieldError('normalization', "ddpm supports normalization='GroupNorm' only, "
+                       f'got {self.normalization!r}.')
+    if self.scale_by_sigma:
+      for field in ('sigma_min', 'sigma_max', 'num_scales'):
+        if getattr(self, field) is None:
+          raise FieldError(field, f'{field} is required by scale_by_sigma=True.')
+    layers.get_act(self.nonlinearity)
+    layers.get_dtype(self.dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, labels, train: bool = True):
-    config = self.config
-    m = config.model
-    act = layers.get_act(config)
-    dtype = layers.get_dtype(config)
-    normalization = m.get('normalization', 'GroupNorm')
-    if normalization != 'GroupNorm':
-      raise ValueError(f"ddpm supports config.model.normalization='GroupNorm' only, "
-                       f'got {normalization!r}.')
-    nf = m.nf
-    ch_mult = tuple(m.ch_mult)
-    num_res_blocks = m.num_res_blocks
-    attn_resolutions = tuple(m.attn_resolutions)
+    act = layers.get_act(self.nonlinearity)
+    dtype = layers.get_dtype(self.dtype)
+    nf = self.nf
+    ch_mult = tuple(self.ch_mult)
+    num_res_blocks = self.num_res_blocks
+    attn_resolutions = tuple(self.attn_resolutions)
     num_resolutions = len(ch_mult)
     for ch in (nf,) + tuple(nf * c for c in ch_mult):
       if ch % 32:
-        raise ValueError(f'ddpm GroupNorm uses 32 groups: channel count {ch} '
-                         '(config.model.nf * ch_mult) must be a multiple of 32.')
+        raise FieldError('nf', f'ddpm GroupNorm uses 32 groups: channel count {ch} '
+                         '(nf * ch_mult) must be a multiple of 32.')
     if x.ndim != 4:
       raise ValueError(f'x must be [B, H, W, C], got shape {x.shape}.')
     if labels.shape != (x.shape[0],):
       raise ValueError(f'labels must be [B] = [{x.shape[0]}], got shape {labels.shape}.')
     if x.shape[1] % (2 ** (num_resolutions - 1)) or x.shape[2] % (2 ** (num_resolutions - 1)):
       raise ValueError(f'Image size {x.shape[1:3]} is not divisible by '
-                       f'2^{num_resolutions - 1} (len(config.model.ch_mult) - 1 halvings).')
+                       f'2^{num_resolutions - 1} (len(ch_mult) - 1 halvings).')
 
     attn_block = functools.partial(layers.AttnBlock, dtype=dtype)
-    resnet_block = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=m.dropout,
+    resnet_block = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout,
                                      dtype=dtype)
 
-    if m.conditional:
+    if self.conditional:
       temb = layers.get_timestep_embedding(labels, nf)
       dense = functools.partial(nn.Dense, nf * 4, kernel_init=layers.default_init(),
                                 dtype=dtype, param_dtype=jnp.float32)
@@ -67,7 +104,7 @@ class DDPM(nn.Module):
       temb = None
 
     x = x.astype(jnp.float32)
-    h = x if config.data.centered else 2 * x - 1.
+    h = x if self.centered else 2 * x - 1.
 
     hs = [layers.conv3x3(h, nf, dtype=dtype)]
     for i_level in range(num_resolutions):
@@ -77,7 +114,7 @@ class DDPM(nn.Module):
           h = attn_block()(h)
         hs.append(h)
       if i_level != num_resolutions - 1:
-        hs.append(layers.Downsample(with_conv=m.resamp_with_conv, dtype=dtype)(hs[-1]))
+        hs.append(layers.Downsample(with_conv=self.resamp_with_conv, dtype=dtype)(hs[-1]))
 
     h = hs[-1]
     h = resnet_block()(h, temb, train)
@@ -92,14 +129,14 @@ class DDPM(nn.Module):
       if h.shape[1] in attn_resolutions:
         h = attn_block()(h)
       if i_level != 0:
-        h = layers.Upsample(with_conv=m.resamp_with_conv, dtype=dtype)(h)
+        h = layers.Upsample(with_conv=self.resamp_with_conv, dtype=dtype)(h)
 
     assert not hs
     h = act(layers.group_norm(h, 32, dtype))
     h = layers.conv3x3(h, x.shape[-1], init_scale=0., dtype=dtype)
     h = h.astype(jnp.float32)
 
-    if m.scale_by_sigma:
-      sigmas = jnp.asarray(layers.get_sigmas(config))
+    if self.scale_by_sigma:
+      sigmas = jnp.asarray(layers.get_sigmas(self.sigma_min, self.sigma_max, self.num_scales))
       h = h / sigmas[labels.astype(jnp.int32)].reshape((x.shape[0],) + (1,) * (x.ndim - 1))
     return h

@@ -11,6 +11,7 @@ statistics, attention softmax and embeddings are computed in float32.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -20,37 +21,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde_jax.models import up_or_down_sampling
+from scoresde_jax.models.utils import FieldError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+_ACTS = {'elu': nn.elu, 'relu': nn.relu, 'swish': nn.swish,
+         'lrelu': functools.partial(nn.leaky_relu, negative_slope=0.2)}
 
 
-def get_dtype(config):
-  """Compute dtype named by `config.model.dtype` ('float32' default, or 'bfloat16')."""
-  name = config.model.get('dtype', 'float32')
+def get_dtype(name: str):
+  """The compute dtype called `name` ('float32' or 'bfloat16'); FieldError('dtype') else."""
   if name not in _DTYPES:
-    raise ValueError(f'config.model.dtype must be one of {sorted(_DTYPES)}, got {name!r}.')
+    raise FieldError('dtype', f'dtype must be one of {sorted(_DTYPES)}, got {name!r}.')
   return _DTYPES[name]
 
 
-def get_act(config) -> Callable[[jax.Array], jax.Array]:
-  """Activation named by `config.model.nonlinearity` (elu | relu | lrelu | swish)."""
-  name = config.model.nonlinearity.lower()
-  if name == 'elu':
-    return nn.elu
-  if name == 'relu':
-    return nn.relu
-  if name == 'lrelu':
-    return lambda x: nn.leaky_relu(x, negative_slope=0.2)
-  if name == 'swish':
-    return nn.swish
-  raise ValueError(f'Unknown config.model.nonlinearity {name!r}; '
-                   "expected 'elu', 'relu', 'lrelu' or 'swish'.")
+def get_act(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The activation called `name` (elu | relu | lrelu | swish, any case); FieldError else."""
+  if name.lower() not in _ACTS:
+    raise FieldError('nonlinearity', f'Unknown nonlinearity {name!r}; '
+                     f'expected one of {sorted(_ACTS)}.')
+  return _ACTS[name.lower()]
 
 
-def get_sigmas(config) -> np.ndarray:
+def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
   """SMLD noise levels, geometric from sigma_max down to sigma_min: [num_scales] float32."""
-  return np.exp(np.linspace(np.log(config.model.sigma_max), np.log(config.model.sigma_min),
-                            config.model.num_scales)).astype(np.float32)
+  return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min),
+                            num_scales)).astype(np.float32)
 
 
 def default_init(scale: float = 1.):

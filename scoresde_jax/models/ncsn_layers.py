@@ -34,16 +34,6 @@ import numpy as np
 _EPS = 1e-5  # InstanceNorm2d's eps, also used by InstanceNorm++ for the channel means.
 
 
-def get_act(name: str) -> Callable[[jax.Array], jax.Array]:
-  """The activation called `name` in `config.model.nonlinearity`."""
-  acts = {'elu': nn.elu, 'relu': nn.relu, 'swish': nn.swish,
-          'lrelu': functools.partial(nn.leaky_relu, negative_slope=0.2)}
-  if name.lower() not in acts:
-    raise ValueError(f'Unknown nonlinearity {name!r} (config.model.nonlinearity); '
-                     f'expected one of {sorted(acts)}.')
-  return acts[name.lower()]
-
-
 def _torch_uniform(fan_in: int):
   """PyTorch's default Conv2d initialization: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   bound = 1.0 / np.sqrt(fan_in)
@@ -184,7 +174,7 @@ def resize(x, shape: Sequence[int], interpolation: str = 'bilinear'):
     return jnp.einsum('oh,bhwc,pw->bopc', mh, x, mw)
   if interpolation == 'nearest_neighbor':
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), 'nearest')
-  raise ValueError(f'Unknown interpolation {interpolation!r} (config.model.interpolation); '
+  raise ValueError(f'Unknown interpolation {interpolation!r}; '
                    "expected 'bilinear' or 'nearest_neighbor'.")
 
 

@@ -1,11 +1,13 @@
-"""NCSN++ and DDPM++ (Song et al. 2021): one U-Net family configured by `config.model`.
+"""NCSN++ and DDPM++ (Song et al. 2021): one U-Net family, registered as 'ncsnpp'.
 
-Registered as 'ncsnpp'. `NCSNpp(config=config).apply({'params': p}, x, labels, train=...)`:
-  x: [B, H, W, C] float32 (in [0, 1] unless `config.data.centered`, then [-1, 1]);
+`NCSNpp(nf=128, ch_mult=(1, 2, 2, 2), ...).apply({'params': p}, x, labels, train=...)`:
+  x: [B, H, W, C] float32 (in [0, 1] unless `centered`, then [-1, 1]);
   labels: [B] -- sigma(t) for the 'fourier' embedding, a (possibly fractional) timestep or
     noise-level index for 'positional' (used sigma = sigmas[int(label)]);
   returns [B, H, W, C] float32; divided by the used sigma when `scale_by_sigma`.
 Dropout draws from the 'dropout' RNG stream when `train`.
+
+Each field is set by the `config.model` key of its name (`centered` by config.data.centered).
 
 Layer creation order and therefore the auto-generated names equal the original score_sde
 Flax model, so its checkpoints (and, via `scoresde_jax.convert`, the PyTorch ones) load.
@@ -16,75 +18,128 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from scoresde_jax.models import layers
 from scoresde_jax.models import layerspp
-from scoresde_jax.models.utils import register_model
+from scoresde_jax.models.utils import FieldError, check_choice, register_model
 
 _PROGRESSIVE = ('none', 'output_skip', 'residual')
 _PROGRESSIVE_INPUT = ('none', 'input_skip', 'residual')
 _EMBEDDINGS = ('fourier', 'positional')
 _RESBLOCKS = ('ddpm', 'biggan')
 _COMBINE = ('sum', 'cat')
-
-
-def _choice(config, key, allowed, default=None):
-  value = config.model.get(key, default)
-  if value is None:
-    raise ValueError(f'config.model.{key} is required (one of {allowed}).')
-  value = value.lower()
-  if value not in allowed:
-    raise ValueError(f'config.model.{key} must be one of {allowed}, got {value!r}.')
-  return value
+_ATTENTION = ('ddpm',)
 
 
 @register_model(name='ncsnpp')
 class NCSNpp(nn.Module):
-  """NCSN++ / DDPM++ score network (see module docstring for the call signature)."""
-  config: ml_collections.ConfigDict
+  """NCSN++ / DDPM++ score network (see the module docstring for the call signature).
+
+  Attributes:
+    nf: base channel count; level i has nf * ch_mult[i] channels.
+    ch_mult: channel multipliers, one per resolution (len - 1 halvings).
+    num_res_blocks: residual blocks per resolution.
+    attn_resolutions: feature-map sides (H) that get self-attention.
+    dropout: dropout rate inside residual blocks.
+    resamp_with_conv: 'ddpm' resamplers convolve after resizing.
+    conditional: feed the label embedding to every residual block.
+    fir: FIR (up_or_down_sampling) resampling instead of naive resizing.
+    fir_kernel: the FIR kernel, e.g. (1, 3, 3, 1).
+    skip_rescale: divide residual sums by sqrt(2).
+    resblock_type: 'ddpm' or 'biggan' (which also resamples).
+    init_scale: initialization scale of output layers (0 means 1e-10).
+    scale_by_sigma: divide the output by the used sigma.
+    nonlinearity: elu | relu | lrelu | swish.
+    centered: inputs are in [-1, 1] already (else [0, 1]).
+    progressive: output pyramid, 'none' | 'output_skip' | 'residual'.
+    progressive_input: input pyramid, 'none' | 'input_skip' | 'residual'.
+    progressive_combine: how 'input_skip' merges the pyramid, 'sum' | 'cat'.
+    attention_type: 'ddpm' only.
+    embedding_type: 'fourier' (labels are sigmas) or 'positional' (labels are indices).
+    fourier_scale: std of the Fourier frequencies; required by 'fourier'.
+    sigma_min, sigma_max, num_scales: the noise levels labels index; required by
+      'positional'.
+    dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+  """
+  nf: int
+  ch_mult: tuple[int, ...]
+  num_res_blocks: int
+  attn_resolutions: tuple[int, ...]
+  dropout: float
+  resamp_with_conv: bool
+  conditional: bool
+  fir: bool
+  fir_kernel: tuple[int, ...]
+  skip_rescale: bool
+  resblock_type: str
+  init_scale: float
+  scale_by_sigma: bool
+  nonlinearity: str
+  centered: bool
+  progressive: str = 'none'
+  progressive_input: str = 'none'
+  progressive_combine: str = 'sum'
+  attention_type: str = 'ddpm'
+  embedding_type: str = 'fourier'
+  fourier_scale: float | None = None
+  sigma_min: float | None = None
+  sigma_max: float | None = None
+  num_scales: int | None = None
+  dtype: str = 'float32'
+
+  def __post_init__(self):
+    check_choice('resblock_type', self.resblock_type, _RESBLOCKS)
+    check_choice('progressive', self.progressive, _PROGRESSIVE)
+    check_choice('progressive_input', self.progressive_input, _PROGRESSIVE_INPUT)
+    check_choice('progressive_combine', self.progressive_combine, _COMBINE)
+    check_choice('attention_type', self.attention_type, _ATTENTION)
+    embedding = check_choice('embedding_type', self.embedding_type, _EMBEDDINGS)
+    needed = ('fourier_scale',) if embedding == 'fourier' else (
+        'sigma_min', 'sigma_max', 'num_scales')
+    for field in needed:
+      if getattr(self, field) is None:
+        raise FieldError(field, f"{field} is required by embedding_type={embedding!r}.")
+    layers.get_act(self.nonlinearity)
+    layers.get_dtype(self.dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, time_cond, train: bool = True):
-    config = self.config
-    m = config.model
-    act = layers.get_act(config)
-    dtype = layers.get_dtype(config)
-    nf = m.nf
-    ch_mult = tuple(m.ch_mult)
-    num_res_blocks = m.num_res_blocks
-    attn_resolutions = tuple(m.attn_resolutions)
+    act = layers.get_act(self.nonlinearity)
+    dtype = layers.get_dtype(self.dtype)
+    nf = self.nf
+    ch_mult = tuple(self.ch_mult)
+    num_res_blocks = self.num_res_blocks
+    attn_resolutions = tuple(self.attn_resolutions)
     num_resolutions = len(ch_mult)
-    conditional = m.conditional
-    fir = m.fir
-    fir_kernel = tuple(m.fir_kernel)
-    skip_rescale = m.skip_rescale
-    init_scale = m.init_scale
-    resblock_type = _choice(config, 'resblock_type', _RESBLOCKS)
-    progressive = _choice(config, 'progressive', _PROGRESSIVE, 'none')
-    progressive_input = _choice(config, 'progressive_input', _PROGRESSIVE_INPUT, 'none')
-    embedding_type = _choice(config, 'embedding_type', _EMBEDDINGS, 'fourier')
-    combine_method = _choice(config, 'progressive_combine', _COMBINE, 'sum')
-    attention_type = m.get('attention_type', 'ddpm')
-    if attention_type.lower() != 'ddpm':
-      raise ValueError(f"config.model.attention_type must be 'ddpm', got {attention_type!r}.")
+    conditional = self.conditional
+    fir = self.fir
+    fir_kernel = tuple(self.fir_kernel)
+    skip_rescale = self.skip_rescale
+    init_scale = self.init_scale
+    # Choices were validated in __post_init__; any case is accepted.
+    resblock_type = self.resblock_type.lower()
+    progressive = self.progressive.lower()
+    progressive_input = self.progressive_input.lower()
+    embedding_type = self.embedding_type.lower()
+    combine_method = self.progressive_combine.lower()
     if x.ndim != 4:
       raise ValueError(f'x must be [B, H, W, C], got shape {x.shape}.')
     if time_cond.shape != (x.shape[0],):
       raise ValueError(f'labels must be [B] = [{x.shape[0]}], got shape {time_cond.shape}.')
     if x.shape[1] % (2 ** (num_resolutions - 1)) or x.shape[2] % (2 ** (num_resolutions - 1)):
       raise ValueError(f'Image size {x.shape[1:3]} is not divisible by '
-                       f'2^{num_resolutions - 1} (len(config.model.ch_mult) - 1 halvings).')
+                       f'2^{num_resolutions - 1} (len(ch_mult) - 1 halvings).')
     channels = x.shape[-1]
 
     # Noise-level / timestep embedding.
     if embedding_type == 'fourier':
       used_sigmas = time_cond.astype(jnp.float32)
       temb = layerspp.GaussianFourierProjection(
-          embedding_size=nf, scale=m.fourier_scale)(jnp.log(used_sigmas))
+          embedding_size=nf, scale=self.fourier_scale)(jnp.log(used_sigmas))
     else:
-      sigmas = jnp.asarray(layers.get_sigmas(config))
+      sigmas = jnp.asarray(layers.get_sigmas(self.sigma_min, self.sigma_max, self.num_scales))
       used_sigmas = sigmas[time_cond.astype(jnp.int32)]
       temb = layers.get_timestep_embedding(time_cond, nf)
 
@@ -98,9 +153,9 @@ class NCSNpp(nn.Module):
 
     attn_block = functools.partial(layerspp.AttnBlockpp, init_scale=init_scale,
                                    skip_rescale=skip_rescale, dtype=dtype)
-    upsample = functools.partial(layerspp.Upsample, with_conv=m.resamp_with_conv, fir=fir,
+    upsample = functools.partial(layerspp.Upsample, with_conv=self.resamp_with_conv, fir=fir,
                                  fir_kernel=fir_kernel, dtype=dtype)
-    downsample = functools.partial(layerspp.Downsample, with_conv=m.resamp_with_conv,
+    downsample = functools.partial(layerspp.Downsample, with_conv=self.resamp_with_conv,
                                    fir=fir, fir_kernel=fir_kernel, dtype=dtype)
     # Pyramid resamplers: parameter-free for the skip modes, convolutional for 'residual'.
     pyramid_upsample = functools.partial(layerspp.Upsample, fir=fir, fir_kernel=fir_kernel,
@@ -110,12 +165,12 @@ class NCSNpp(nn.Module):
                                            dtype=dtype)
     combiner = functools.partial(layerspp.Combine, method=combine_method, dtype=dtype)
     if resblock_type == 'ddpm':
-      resnet_block = functools.partial(layerspp.ResnetBlockDDPMpp, act=act, dropout=m.dropout,
+      resnet_block = functools.partial(layerspp.ResnetBlockDDPMpp, act=act, dropout=self.dropout,
                                        init_scale=init_scale, skip_rescale=skip_rescale,
                                        dtype=dtype)
     else:
       resnet_block = functools.partial(layerspp.ResnetBlockBigGANpp, act=act,
-                                       dropout=m.dropout, fir=fir, fir_kernel=fir_kernel,
+                                       dropout=self.dropout, fir=fir, fir_kernel=fir_kernel,
                                        init_scale=init_scale, skip_rescale=skip_rescale,
                                        dtype=dtype)
 
@@ -125,7 +180,7 @@ class NCSNpp(nn.Module):
       return layerspp.conv3x3(h, out_ch, dtype=dtype, **kwargs)
 
     x = x.astype(jnp.float32)
-    if not config.data.centered:
+    if not self.centered:
       x = 2 * x - 1.  # data in [0, 1] -> [-1, 1]
 
     # Downsampling path.
@@ -201,6 +256,6 @@ class NCSNpp(nn.Module):
       h = out_conv(h, channels, init_scale=init_scale)
 
     h = h.astype(jnp.float32)
-    if m.scale_by_sigma:
+    if self.scale_by_sigma:
       h = h / used_sigmas.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
     return h

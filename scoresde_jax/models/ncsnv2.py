@@ -7,41 +7,28 @@ dicts. Where that port fails to build (it reads `config.data.channels`, pads dil
 convolutions by 1 and cannot build bias-free convolutions) we follow the working original.
 
 Interface: `model.apply({'params': p}, x, labels, train)` with x: [B, H, W, C] (in [0, 1]
-unless `config.data.centered`, in which case in [-1, 1]) and labels: [B] int noise-level
-indices into sigmas = geomspace(sigma_max, sigma_min, num_scales) (0 = largest sigma).
-The output [B, H, W, C] is the score; with `config.model.scale_by_sigma` (NCSNv2's
-convention, default True) the network output is divided by sigma[labels].
+unless `centered`, in which case in [-1, 1]) and labels: [B] int noise-level indices into
+sigmas = geomspace(sigma_max, sigma_min, num_scales) (0 = largest sigma). The output
+[B, H, W, C] is the score; with `scale_by_sigma` (NCSNv2's convention, default True) the
+network output is divided by sigma[labels]. Each field is set by the `config.model` key of
+its name (`centered` by config.data.centered).
 
-The 'ncsn' (NCSNv1) network shares the backbone: see `ncsn.py`.
+The 'ncsn' (NCSNv1) network shares the backbone and the fields: see `ncsn.py`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from scoresde_jax.models import ncsn_layers as layers
-from scoresde_jax.models.utils import register_model
+from scoresde_jax.models import layers
+from scoresde_jax.models import ncsn_layers
+from scoresde_jax.models.utils import FieldError, check_choice, init_params, register_model
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def get_sigmas(config) -> np.ndarray:
-  """[num_scales] noise levels, geometric from sigma_max down to sigma_min (float32)."""
-  model = config.model
-  return np.exp(np.linspace(np.log(model.sigma_max), np.log(model.sigma_min),
-                            model.num_scales)).astype(np.float32)
-
-
-def compute_dtype(config):
-  name = config.model.get('dtype', 'float32')
-  if name not in _DTYPES:
-    raise ValueError(f"Unknown config.model.dtype {name!r}; expected one of {sorted(_DTYPES)}.")
-  return _DTYPES[name]
+_INTERPOLATIONS = ('bilinear', 'nearest_neighbor')
 
 
 # (name, output channels as a multiple of nf, resample of the first block, dilation) of each
@@ -65,85 +52,117 @@ _ARCHITECTURES = {
 }
 
 
-def refinenet(x, labels, config, architecture: str, num_classes: int | None):
+def refinenet(x, labels, *, architecture: str, nf: int, nonlinearity: str,
+              interpolation: str, dtype: Any, centered: bool, num_classes: int | None):
   """The NCSN/NCSNv2 RefineNet (call inside a compact module). Returns [B, H, W, C] float32.
 
   num_classes None: NCSNv2 (unconditional blocks; labels unused here). Otherwise NCSNv1:
-  every normalization is conditioned on `labels`.
+  every normalization is conditioned on `labels`. `dtype` is the compute dtype.
   """
   stages, refines = _ARCHITECTURES[architecture]
-  model_cfg = config.model
-  if model_cfg.normalization != 'InstanceNorm++':
-    raise ValueError(f'{architecture} is built with InstanceNorm++; got '
-                     f'config.model.normalization = {model_cfg.normalization!r}.')
   n_down = sum(1 for _, _, resample, dilation in stages if resample == 'down' and dilation == 1)
   height, width = x.shape[1:3]
   if height % 2 ** n_down or width % 2 ** n_down:
     raise ValueError(f'{architecture} needs image sides divisible by {2 ** n_down}; '
                      f'got {height}x{width}.')
-  nf = model_cfg.nf
-  act = layers.get_act(model_cfg.nonlinearity)
-  interpolation = model_cfg.get('interpolation', 'bilinear')
-  dtype = compute_dtype(config)
+  act = layers.get_act(nonlinearity)
   y = None if num_classes is None else labels
   block_kw = dict(act=act, num_classes=num_classes, dtype=dtype)
 
-  h = x if config.data.centered else 2 * x - 1.0
-  h = layers.conv(h.astype(dtype), nf, 3, dtype=dtype, name='begin_conv')
+  h = x if centered else 2 * x - 1.0
+  h = ncsn_layers.conv(h.astype(dtype), nf, 3, dtype=dtype, name='begin_conv')
   features = []
   for name, mult, resample, dilation in stages:
-    h = layers.ResidualBlock(mult * nf, resample=resample, dilation=dilation,
-                             name=f'{name}_0', **block_kw)(h, y)
-    h = layers.ResidualBlock(mult * nf, resample=None, dilation=dilation,
-                             name=f'{name}_1', **block_kw)(h, y)
+    h = ncsn_layers.ResidualBlock(mult * nf, resample=resample, dilation=dilation,
+                                  name=f'{name}_0', **block_kw)(h, y)
+    h = ncsn_layers.ResidualBlock(mult * nf, resample=None, dilation=dilation,
+                                  name=f'{name}_1', **block_kw)(h, y)
     features.append(h)
 
   ref = None
   for k, (name, mult) in enumerate(refines):
     skip = features[-1 - k]
     inputs = [skip] if ref is None else [skip, ref]
-    ref = layers.RefineBlock(mult * nf, skip.shape[1:3], start=ref is None,
-                             end=k == len(refines) - 1, interpolation=interpolation,
-                             name=name, **block_kw)(inputs, y)
+    ref = ncsn_layers.RefineBlock(mult * nf, skip.shape[1:3], start=ref is None,
+                                  end=k == len(refines) - 1, interpolation=interpolation,
+                                  name=name, **block_kw)(inputs, y)
 
   if num_classes is None:
-    h = layers.InstanceNormPlus(name='normalizer')(ref)
+    h = ncsn_layers.InstanceNormPlus(name='normalizer')(ref)
   else:
-    h = layers.ConditionalInstanceNormPlus(num_classes, name='normalizer')(ref, y)
+    h = ncsn_layers.ConditionalInstanceNormPlus(num_classes, name='normalizer')(ref, y)
   h = act(h)
-  h = layers.conv(h, x.shape[-1], 3, dtype=dtype, name='end_conv')
+  h = ncsn_layers.conv(h, x.shape[-1], 3, dtype=dtype, name='end_conv')
   return h.astype(jnp.float32)
 
 
-class _NCSNv2(nn.Module):
-  """NCSNv2 RefineNet; subclasses fix the architecture. See the module docstring."""
-  config: ml_collections.ConfigDict
+class RefineNet(nn.Module):
+  """Fields and forward pass shared by NCSNv2 and NCSN; subclasses fix `architecture`.
+
+  Attributes:
+    nf: base channel count.
+    nonlinearity: elu | relu | lrelu | swish.
+    centered: inputs are in [-1, 1] already (else [0, 1]).
+    sigma_min, sigma_max, num_scales: the noise levels the labels index.
+    normalization: 'InstanceNorm++' only.
+    interpolation: multi-resolution fusion upsampling, 'bilinear' | 'nearest_neighbor'.
+    scale_by_sigma: divide the output by sigma[labels].
+    dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+  """
+  nf: int
+  nonlinearity: str
+  centered: bool
+  sigma_min: float
+  sigma_max: float
+  num_scales: int
+  normalization: str = 'InstanceNorm++'
+  interpolation: str = 'bilinear'
+  scale_by_sigma: bool = True
+  dtype: str = 'float32'
   architecture = 'ncsnv2_64'
+
+  def __post_init__(self):
+    if self.normalization != 'InstanceNorm++':
+      raise FieldError('normalization', f'{self.architecture} is built with InstanceNorm++; '
+                       f'got normalization = {self.normalization!r}.')
+    check_choice('interpolation', self.interpolation, _INTERPOLATIONS)
+    layers.get_act(self.nonlinearity)
+    layers.get_dtype(self.dtype)
+    super().__post_init__()
+
+  @property
+  def label_classes(self) -> int | None:
+    """Rows of the conditional normalizations' embeddings; None: unconditional blocks."""
+    return None
 
   @nn.compact
   def __call__(self, x, labels, train: bool = False):
     del train  # No dropout or batch statistics.
-    h = refinenet(x, labels, self.config, self.architecture, num_classes=None)
-    if self.config.model.get('scale_by_sigma', True):
-      sigmas = jnp.asarray(get_sigmas(self.config))
-      h = h / sigmas[labels.astype(jnp.int32)][:, None, None, None]
+    labels = labels.astype(jnp.int32)
+    h = refinenet(x, labels, architecture=self.architecture, nf=self.nf,
+                  nonlinearity=self.nonlinearity, interpolation=self.interpolation.lower(),
+                  dtype=layers.get_dtype(self.dtype), centered=self.centered,
+                  num_classes=self.label_classes)
+    if self.scale_by_sigma:
+      sigmas = jnp.asarray(layers.get_sigmas(self.sigma_min, self.sigma_max, self.num_scales))
+      h = h / sigmas[labels][:, None, None, None]
     return h
 
 
 @register_model(name='ncsnv2_64')
-class NCSNv2(_NCSNv2):
+class NCSNv2(RefineNet):
   """NCSNv2 for images below 96 pixels: 1 real downsampling, then dilations 2 and 4."""
   architecture = 'ncsnv2_64'
 
 
 @register_model(name='ncsnv2_128')
-class NCSNv2_128(_NCSNv2):  # pylint: disable=invalid-name
+class NCSNv2_128(RefineNet):  # pylint: disable=invalid-name
   """NCSNv2 for 96..128 pixel images: 2 downsamplings, widths up to 4 nf, dilations 2 and 4."""
   architecture = 'ncsnv2_128'
 
 
 @register_model(name='ncsnv2_256')
-class NCSNv2_256(_NCSNv2):  # pylint: disable=invalid-name
+class NCSNv2_256(RefineNet):  # pylint: disable=invalid-name
   """NCSNv2 for 129..256 pixel images: 3 downsamplings, widths up to 4 nf, dilations 2 and 4."""
   architecture = 'ncsnv2_256'
 
@@ -167,21 +186,20 @@ def _flax_path(torch_key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.n
   raise ValueError(f'Unexpected entry {torch_key!r} of shape {value.shape} in the state dict.')
 
 
-def params_from_torch(state_dict: Mapping[str, Any], config) -> dict:
-  """Our parameters from a PyTorch NCSN/NCSNv2 `state_dict` (score_sde_pytorch naming).
+def params_from_torch(state_dict: Mapping[str, Any], model: RefineNet,
+                      image_shape: Sequence[int]) -> dict:
+  """Parameters of `model` (an NCSN/NCSNv2) from a PyTorch `state_dict` (score_sde_pytorch
+  naming), for images of `image_shape` = (H, W, C).
 
   Accepts torch tensors or numpy arrays, with or without DataParallel's 'module.' prefix.
-  The 'sigmas' buffer, if present, must equal the config's noise levels. Raises ValueError
-  naming every missing, unexpected or misshapen parameter.
+  The 'sigmas' buffer, if present, must equal the model's noise levels (sigma_min,
+  sigma_max, num_scales). Raises ValueError naming every missing, unexpected or misshapen
+  parameter.
   """
-  from scoresde_jax.models.utils import get_model  # Avoids an import cycle at load time.
-
-  model = get_model(config)
-  shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
-  expected = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros((1,), jnp.int32)))
+  expected = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), image_shape))
   expected = {tuple(k.key for k in path): leaf.shape for path, leaf in
-              jax.tree_util.tree_flatten_with_path(expected['params'])[0]}
+              jax.tree_util.tree_flatten_with_path(expected)[0]}
+  sigmas = layers.get_sigmas(model.sigma_min, model.sigma_max, model.num_scales)
 
   params, problems = {}, []
   for key, value in state_dict.items():
@@ -189,9 +207,8 @@ def params_from_torch(state_dict: Mapping[str, Any], config) -> dict:
     value = np.asarray(value.detach().cpu().numpy() if hasattr(value, 'detach') else value,
                        np.float32)
     if key == 'sigmas':
-      if value.shape != (config.model.num_scales,) or not np.allclose(
-          value, get_sigmas(config), rtol=1e-5):
-        problems.append('the checkpoint\'s sigmas differ from the config\'s sigma_min, '
+      if value.shape != sigmas.shape or not np.allclose(value, sigmas, rtol=1e-5):
+        problems.append("the checkpoint's sigmas differ from the model's sigma_min, "
                         'sigma_max, num_scales')
       continue
     path, value = _flax_path(key, value)
@@ -207,7 +224,7 @@ def params_from_torch(state_dict: Mapping[str, Any], config) -> dict:
   converted = {p for p, _ in _flatten(params)}
   problems += [f'missing {"/".join(p)}' for p in sorted(set(expected) - converted)]
   if problems:
-    raise ValueError(f'State dict does not fit {config.model.name}: ' + '; '.join(problems[:20])
+    raise ValueError(f'State dict does not fit {type(model).__name__}: ' + '; '.join(problems[:20])
                      + (f' (and {len(problems) - 20} more)' if len(problems) > 20 else ''))
   return params
 

@@ -1,27 +1,45 @@
-"""Model registry and the one place where network outputs become scores.
+"""Architecture registry and the one place where network outputs become scores.
 
-Networks are Flax linen modules built from a config (`Module(config=config)`) with
-`__call__(x: [B, H, W, C], labels: [B], train: bool) -> [B, H, W, C]`. What the
-`labels` mean and how the output relates to the score depends on the SDE and on
-whether the model was trained with continuous or discrete time; those conventions
-(the reference's, so official checkpoints give the same scores) live in
-`model_fn_to_score_fn` and nowhere else.
+Networks are Flax linen modules with typed fields (`NCSNpp(nf=128, ch_mult=(1, 2, 2, 2),
+...)`) and `__call__(x: [B, H, W, C], labels: [B], train: bool) -> [B, H, W, C]`. Field
+names equal the `config.model` keys that set them, so `scoresde_jax.run.networks` builds a
+network from a config by name; nothing here reads a config. What the `labels` mean and how
+the output relates to the score depends on the SDE and on whether the model was trained
+with continuous or discrete time; those conventions (the reference's, so official
+checkpoints give the same scores) live in `model_fn_to_score_fn` and nowhere else.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from typing import Any, Callable
+from typing import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from scoresde_jax import sde_lib
 
-_MODELS: dict[str, type] = {}
-# Modules whose import registers architectures; imported lazily by `get_model`.
-_ARCHITECTURE_MODULES = ('ncsnpp', 'ddpm', 'ncsnv2', 'ncsn', 'toy')
+_MODELS: dict[str, type[nn.Module]] = {}
+# Modules whose import registers architectures; imported on the first registry lookup.
+_ARCHITECTURE_MODULES = ('ncsnpp', 'ddpm', 'ncsnv2', 'ncsn')
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class FieldError(ValueError):
+  """A network field value the network cannot work with; `field` names the field."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(message)
+    self.field = field
+
+
+def check_choice(field: str, value: str, allowed: Sequence[str]) -> str:
+  """`value` lower-cased if it is one of `allowed`; otherwise FieldError naming `field`."""
+  if not isinstance(value, str) or value.lower() not in allowed:
+    raise FieldError(field, f'{field} must be one of {tuple(allowed)}, got {value!r}.')
+  return value.lower()
 
 
 def register_model(cls=None, *, name: str | None = None):
@@ -38,38 +56,34 @@ def register_model(cls=None, *, name: str | None = None):
 
 
 def _import_architectures():
+  # The architecture modules import this one (for `register_model`), so they are imported
+  # here, on first use, rather than at the top.
   for module in _ARCHITECTURE_MODULES:
-    try:
-      importlib.import_module(f'scoresde_jax.models.{module}')
-    except ModuleNotFoundError as e:
-      if e.name != f'scoresde_jax.models.{module}':
-        raise
+    importlib.import_module(f'scoresde_jax.models.{module}')
 
 
 def registered_models() -> list[str]:
+  """Names of the registered architectures, sorted."""
   _import_architectures()
   return sorted(_MODELS)
 
 
-def get_model(config):
-  """The network named by `config.model.name`, configured by `config`."""
+def get_architecture(name: str) -> type[nn.Module]:
+  """The network class registered as `name`; ValueError listing the names if there is none."""
   _import_architectures()
-  name = config.model.name
   if name not in _MODELS:
-    raise ValueError(f'Unknown model name {name!r} (config.model.name); '
-                     f'registered: {sorted(_MODELS)}.')
-  return _MODELS[name](config=config)
+    raise ValueError(f'Unknown model name {name!r}; registered: {sorted(_MODELS)}.')
+  return _MODELS[name]
 
 
-def init_model(rng, config, batch_size: int = 1):
-  """Builds the network and its float32 parameters. Returns (model, params)."""
-  model = get_model(config)
-  shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+def init_params(model: nn.Module, rng: jax.Array, image_shape: Sequence[int],
+                batch_size: int = 1) -> dict:
+  """float32 parameters of a score network for images of `image_shape` = (H, W, C)."""
   params_rng, dropout_rng = jax.random.split(rng)
-  variables = model.init({'params': params_rng, 'dropout': dropout_rng},
-                         jnp.zeros(shape, jnp.float32), jnp.zeros((batch_size,), jnp.int32),
-                         train=False)
-  return model, variables['params']
+  x = jnp.zeros((batch_size, *image_shape), jnp.float32)
+  labels = jnp.zeros((batch_size,), jnp.int32)
+  return model.init({'params': params_rng, 'dropout': dropout_rng}, x, labels,
+                    train=False)['params']
 
 
 def get_model_fn(model, params, train: bool = False, rng=None) -> ModelFn:
@@ -120,21 +134,29 @@ def model_fn_to_score_fn(sde: sde_lib.SDE, model_fn: ModelFn, continuous: bool):
   return score_fn
 
 
-_SCORE_CALLABLES: dict = {}
+@dataclasses.dataclass(frozen=True)
+class ScoreFn:
+  """`score(params, x, t)` of `model` under `sde`'s convention (see `model_fn_to_score_fn`).
+
+  A value: SDEs and networks compare by their fields, so equal (sde, model, continuous)
+  give equal ScoreFns, and a jitted function taking one compiles once for all of them.
+  Evaluation mode (no dropout). x: [B, H, W, C], t: [B] -> [B, H, W, C].
+  """
+  sde: sde_lib.SDE
+  model: nn.Module
+  continuous: bool
+
+  def __call__(self, params, x, t):
+    return model_fn_to_score_fn(self.sde, get_model_fn(self.model, params),
+                                self.continuous)(x, t)
 
 
-def get_score_fn(sde, model, params, continuous: bool):
+def get_score_fn(sde, model, params, continuous: bool) -> jax.tree_util.Partial:
   """`score_fn(x, t)` of a network with parameters `params` (see `model_fn_to_score_fn`).
 
-  Evaluation mode (no dropout). The result is a `jax.tree_util.Partial` holding `params` as
-  its argument, so samplers receive the parameters as inputs of their compiled program
-  rather than as constants, and one compilation serves every checkpoint of a model.
+  A `jax.tree_util.Partial` of a `ScoreFn` holding `params` as its argument: samplers
+  receive the parameters as inputs of their compiled program rather than as constants, and
+  the ScoreFn (static, compared by value) makes one compilation serve every checkpoint of
+  every equal network.
   """
-  key = (sde, id(model), continuous)
-  if key not in _SCORE_CALLABLES:
-
-    def score(params, x, t):
-      return model_fn_to_score_fn(sde, get_model_fn(model, params), continuous)(x, t)
-
-    _SCORE_CALLABLES[key] = (model, score)  # holding the model keeps its id unique
-  return jax.tree_util.Partial(_SCORE_CALLABLES[key][1], params)
+  return jax.tree_util.Partial(ScoreFn(sde, model, continuous), params)

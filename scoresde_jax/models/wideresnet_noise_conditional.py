@@ -25,8 +25,10 @@ equivalent VE input x(t) / alpha(t) with sigma = std(t) / alpha(t) (see
 `scoresde_jax.run.train_classifier.classifier_inputs`); the per-image standardization makes
 the division by alpha(t) immaterial except at near-constant images.
 
-Call: `model.apply({'params': p}, x, sigmas)` with x: [B, H, W, C] (H and W divisible by 4),
-sigmas: [B] positive noise scales; returns logits [B, num_classes] float32.
+Call: `WideResNetNoiseConditional(depth=28, width=10, num_classes=10).apply({'params': p},
+x, sigmas)` with x: [B, H, W, C] (H and W divisible by 4), sigmas: [B] positive noise
+scales; returns logits [B, num_classes] float32. `scoresde_jax.run.networks` builds it from
+`config.classifier`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from scoresde_jax.models.utils import FieldError
 
 # He initialization with fan-out (gain 2), the WRN reference's choice for convolutions.
 conv_init = jax.nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -95,6 +99,8 @@ class NoiseConditionalBlock(nn.Module):
 class WideResNetNoiseConditional(nn.Module):
   """WRN-depth-width with noise-scale conditioning (see the module docstring).
 
+  Each field is set by the `config.classifier` key of its name.
+
   Attributes:
     depth: 6 n + 4 (n blocks per group); 28 is the paper's, 10 (n = 1) a CPU-sized one.
     width: channel multiplier k (10 in the paper).
@@ -103,19 +109,22 @@ class WideResNetNoiseConditional(nn.Module):
     num_frequencies: E, Fourier frequencies of log(sigma); the embedding has 4E units.
     fourier_scale: std of the Fourier frequencies.
   """
-  depth: int = 28
-  width: int = 10
-  num_classes: int = 10
+  depth: int
+  width: int
+  num_classes: int
   base_channels: int = 16
   num_frequencies: int = 128
   fourier_scale: float = 16.0
 
+  def __post_init__(self):
+    if (self.depth - 4) % 6 or self.depth < 10:
+      raise FieldError('depth', 'Wide-ResNet depth must be 6 n + 4 with n >= 1 '
+                       f'(10, 16, 22, 28, ...), got {self.depth}.')
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, sigmas, train: bool = False):
     del train  # no dropout or batch statistics: training and evaluation agree
-    if (self.depth - 4) % 6 or self.depth < 10:
-      raise ValueError(f'Wide-ResNet depth must be 6 n + 4 with n >= 1 (10, 16, 22, 28, ...), '
-                       f'got {self.depth}.')
     if x.ndim != 4:
       raise ValueError(f'x must be [B, H, W, C], got shape {x.shape}.')
     if x.shape[1] % 4 or x.shape[2] % 4:
@@ -146,32 +155,3 @@ class WideResNetNoiseConditional(nn.Module):
     h = _norm_relu(h, 'norm_out')
     h = jnp.mean(h, axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=_output_init, name='logits')(h).astype(jnp.float32)
-
-
-def get_classifier(config) -> WideResNetNoiseConditional:
-  """The classifier described by `config.classifier` (depth, width, num_classes, ...)."""
-  if 'classifier' not in config:
-    raise ValueError('The config has no `classifier` section; use a classifier config such as '
-                     'configs/ve/digits_classifier.py.')
-  c = config.classifier
-  return WideResNetNoiseConditional(
-      depth=int(c.depth), width=int(c.width), num_classes=int(c.num_classes),
-      base_channels=int(c.get('base_channels', 16)),
-      num_frequencies=int(c.get('num_frequencies', 128)),
-      fourier_scale=float(c.get('fourier_scale', 16.0)))
-
-
-_INIT_FNS: dict = {}
-
-
-def init_classifier(rng, config, batch_size: int = 1):
-  """Builds the classifier of `config` and its float32 parameters. Returns (model, params)."""
-  model = get_classifier(config)
-  shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-  # Jitted once per network (modules compare by value): one compilation instead of one per
-  # operation, and none for later states of the same network (resumes, restores).
-  if model not in _INIT_FNS:
-    _INIT_FNS[model] = jax.jit(model.init)
-  variables = _INIT_FNS[model](rng, jnp.zeros(shape, jnp.float32),
-                               jnp.ones((batch_size,), jnp.float32))
-  return model, variables['params']

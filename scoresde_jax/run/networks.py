@@ -1,29 +1,100 @@
 """From `config.model` (and `config.data`, `config.classifier`) to networks.
 
-The config boundary for networks: the library's modules take typed fields; this module
-reads the ConfigDict and passes them.
+The config boundary for networks: the library's modules take typed fields named as the
+config keys that set them; this module reads those keys and passes them by name. A field
+takes `config.model.<field>` (`centered`: config.data.centered; classifier fields:
+`config.classifier.<field>`), or the field's default when the key is absent.
 """
 from __future__ import annotations
 
-from scoresde_jax import models
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from scoresde_jax import errors, models
 from scoresde_jax.models import wideresnet_noise_conditional as wrn
+
+# Network fields set by config.data rather than by the network's own section.
+_DATA_FIELDS = ('centered',)
+# Fields of every Flax module, not network settings.
+_FLAX_FIELDS = ('parent', 'name')
+
+
+def _key(field: str, section: str) -> str:
+  return f'config.data.{field}' if field in _DATA_FIELDS else f'config.{section}.{field}'
+
+
+def _config_error(e: ValueError, section: str) -> errors.ConfigError:
+  """ConfigError of a ValueError a network raised, naming the config key behind it.
+
+  A `models.FieldError` names its field; the networks' other ValueErrors are about the input
+  shape, which comes from config.data.image_size.
+  """
+  field = getattr(e, 'field', None)
+  key = _key(field, section) if field else 'config.data.image_size'
+  return errors.ConfigError(f'{e} ({key})')
+
+
+def _build(cls, config, section: str):
+  """`cls` with each field from the config (see the module docstring)."""
+  kwargs = {}
+  for field in dataclasses.fields(cls):
+    if field.name in _FLAX_FIELDS or not field.init:
+      continue
+    source = config.data if field.name in _DATA_FIELDS else config[section]
+    if field.name in source:
+      value = source[field.name]
+      # Networks are compared and hashed by their fields (jit caches on them): no lists.
+      kwargs[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+    elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+      raise errors.ConfigError(f'{_key(field.name, section)} is required by '
+                               f'{cls.__name__}.')
+  try:
+    return cls(**kwargs)
+  except ValueError as e:
+    raise _config_error(e, section) from e
+
+
+def _image_shape(config) -> tuple[int, int, int]:
+  return (config.data.image_size, config.data.image_size, config.data.num_channels)
 
 
 def get_model(config):
-  """The score network of `config.model.name`, configured by the config."""
-  return models.get_model(config)
+  """The score network of `config.model.name`, its fields from `config.model`."""
+  try:
+    cls = models.get_architecture(config.model.name)
+  except ValueError as e:
+    raise errors.ConfigError(f'Unknown model name {config.model.name!r} (config.model.name); '
+                             f'registered: {models.registered_models()}.') from e
+  return _build(cls, config, 'model')
 
 
 def init_model(rng, config, batch_size: int = 1):
-  """The score network and its float32 parameters: (model, params)."""
-  return models.init_model(rng, config, batch_size)
+  """The score network and its float32 parameters for config.data's images: (model, params)."""
+  model = get_model(config)
+  try:
+    params = models.init_params(model, rng, _image_shape(config), batch_size)
+  except ValueError as e:
+    raise _config_error(e, 'model') from e
+  return model, params
 
 
-def get_classifier(config):
-  """The noise-conditional classifier of `config.classifier`."""
-  return wrn.get_classifier(config)
+def get_classifier(config) -> wrn.WideResNetNoiseConditional:
+  """The noise-conditional classifier, its fields from `config.classifier`."""
+  if 'classifier' not in config:
+    raise errors.ConfigError('The config has no `classifier` section; use a classifier config '
+                             'such as configs/ve/digits_classifier.py.')
+  return _build(wrn.WideResNetNoiseConditional, config, 'classifier')
 
 
 def init_classifier(rng, config, batch_size: int = 1):
-  """The classifier and its float32 parameters: (model, params)."""
-  return wrn.init_classifier(rng, config, batch_size)
+  """The classifier and its float32 parameters for config.data's images: (model, params)."""
+  model = get_classifier(config)
+  x = jnp.zeros((batch_size, *_image_shape(config)), jnp.float32)
+  try:
+    # One compilation instead of one per operation of the network.
+    variables = jax.jit(model.init)(rng, x, jnp.ones((batch_size,), jnp.float32))
+  except ValueError as e:
+    raise _config_error(e, 'classifier') from e
+  return model, variables['params']
