@@ -45,8 +45,9 @@ batch of step s is the same whether the run started at 0 or was resumed with `st
   examples of it before decoding work is done on them; it costs reading at most one epoch.
   For TFRecords the number of records is counted once (one read of the files) when resuming.
 
-Bad values of a spec field, the batch size or the number of fused steps raise `DataValueError`
-(a ValueError), whose message can name the setting the way the caller's user set it.
+Bad values of a spec field, the batch size or the number of fused steps raise
+`errors.ArgumentError` (a ValueError), whose message can name the setting the way the
+caller's user set it.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ import numpy as np
 
 # DatasetNotFoundError is also this module's name for it: callers catch
 # `datasets.DatasetNotFoundError`.
-from scoresde_jax.errors import DatasetError, DatasetNotFoundError
+from scoresde_jax.errors import ArgumentError, DatasetError, DatasetNotFoundError
 
 SUPPORTED_DATASETS = ('DIGITS', 'CIFAR10', 'SVHN', 'MNIST', 'CELEBA', 'LSUN', 'CelebAHQ', 'FFHQ')
 
@@ -81,31 +82,13 @@ DIGITS_EVAL_FRACTION = 0.1
 Batch = Dict[str, np.ndarray]
 
 
-class DataValueError(ValueError):
-  """A value of a dataset setting that cannot work.
-
-  `setting` is the setting's name for this module: a `DataSpec` field, 'batch_size' or
-  'additional_dim'. The message names it so; `naming(name)` is the same message naming it
-  `name` instead, so a caller can say which of its own settings (a config key) holds the value.
-  """
-
-  def __init__(self, setting: str, template: str, **values):
-    """`template`: the message, a `str.format` template of `{name}` and the `values`."""
-    self.setting = setting
-    self._template, self._values = template, values
-    super().__init__(self.naming(setting))
-
-  def naming(self, name: str) -> str:
-    return self._template.format(name=name, **self._values)
-
-
 def _check_digits_shape(image_size: int, num_channels: int) -> None:
   if image_size <= 0 or image_size % 8:
-    raise DataValueError('image_size', '{name}={size}: DIGITS images are 8x8, upsampled by '
+    raise ArgumentError('image_size', '{name}={size}: DIGITS images are 8x8, upsampled by '
                          'pixel repetition, so image_size must be a positive multiple of 8 '
                          '(e.g. 16).', size=image_size)
   if num_channels not in (1, 3):
-    raise DataValueError('num_channels', '{name}={channels}: DIGITS is grayscale; use 1 (or 3).',
+    raise ArgumentError('num_channels', '{name}={channels}: DIGITS is grayscale; use 1 (or 3).',
                          channels=num_channels)
 
 
@@ -125,7 +108,7 @@ class DataSpec:
     category: the LSUN category (e.g. 'church_outdoor'); LSUN only.
 
   Raises (on construction):
-    DataValueError: an unknown dataset, a size DIGITS cannot make, LSUN without a category.
+    ArgumentError: an unknown dataset, a size DIGITS cannot make, LSUN without a category.
   """
   dataset: str
   image_size: int
@@ -139,13 +122,13 @@ class DataSpec:
 
   def __post_init__(self):
     if self.dataset not in SUPPORTED_DATASETS:
-      raise DataValueError('dataset', '{name}={dataset!r} is not supported; choose one of '
+      raise ArgumentError('dataset', '{name}={dataset!r} is not supported; choose one of '
                            '{choices}.', dataset=self.dataset,
                            choices=', '.join(SUPPORTED_DATASETS))
     if self.dataset == 'DIGITS':
       _check_digits_shape(self.image_size, self.num_channels)
     if self.dataset == 'LSUN' and not self.category:
-      raise DataValueError('category', '{name} must name the LSUN category (e.g. '
+      raise ArgumentError('category', '{name} must name the LSUN category (e.g. '
                            '"church_outdoor").')
 
 
@@ -168,16 +151,16 @@ def host_batch_size(batch_size: int, num_devices: int, num_processes: int = 1,
   """Examples per host of a global batch split over `num_devices` devices on `num_processes` hosts.
 
   Raises:
-    DataValueError: the batch does not split evenly over the devices (or hosts); the message
+    ArgumentError: the batch does not split evenly over the devices (or hosts); the message
       calls the batch size `name`.
   """
   if batch_size <= 0:
-    raise DataValueError(name, '{name}={size} must be positive.', size=batch_size)
+    raise ArgumentError(name, '{name}={size} must be positive.', size=batch_size)
   if batch_size % num_devices:
-    raise DataValueError(name, '{name}={size} is not divisible by the {n} devices; use a '
+    raise ArgumentError(name, '{name}={size} is not divisible by the {n} devices; use a '
                          'multiple of {n}.', size=batch_size, n=num_devices)
   if batch_size % num_processes:
-    raise DataValueError(name, '{name}={size} is not divisible by the {n} hosts.',
+    raise ArgumentError(name, '{name}={size} is not divisible by the {n} hosts.',
                          size=batch_size, n=num_processes)
   return batch_size // num_processes
 
@@ -325,8 +308,8 @@ def _missing_tfrecords_message(dataset: str, path: str) -> str:
           '`--config.data.tfrecords_path=/path/to/that-file.tfrecords` (a glob is accepted).')
 
 
-def _channels_error(dataset: str, stored: int, wanted: int) -> DataValueError:
-  return DataValueError('num_channels', '{dataset} images have {stored} channels but '
+def _channels_error(dataset: str, stored: int, wanted: int) -> ArgumentError:
+  return ArgumentError('num_channels', '{dataset} images have {stored} channels but '
                         '{name}={wanted}.', dataset=dataset, stored=stored, wanted=wanted)
 
 
@@ -412,7 +395,7 @@ class _TFSource:
     except tfds.core.DatasetNotFoundError as e:
       raise DatasetNotFoundError(f'tfds has no dataset {name!r}: {e}') from e
     except ValueError as e:  # e.g. an unknown LSUN category (a tfds builder config)
-      raise DataValueError('category', 'tfds cannot build {tfds_name!r} (check {name}): '
+      raise ArgumentError('category', 'tfds cannot build {tfds_name!r} (check {name}): '
                            '{reason}', tfds_name=name, reason=e) from e
     if download:
       builder.download_and_prepare()
@@ -587,7 +570,7 @@ def get_dataset(spec: DataSpec, split: str = 'train', *, batch_size: int, seed: 
 
   Raises:
     ValueError: unknown split, start_step or additional_dim that do not fit the stream.
-    DataValueError: batch size not divisible by the devices, additional_dim < 1, spec values
+    ArgumentError: batch size not divisible by the devices, additional_dim < 1, spec values
       the stored data contradict (channels, LSUN category).
     DatasetNotFoundError: the dataset is not prepared on this machine (message says how to).
   """
@@ -600,7 +583,7 @@ def get_dataset(spec: DataSpec, split: str = 'train', *, batch_size: int, seed: 
   if evaluation and additional_dim is not None:
     raise ValueError('One-pass evaluation streams yield single batches; pass additional_dim=None.')
   if additional_dim is not None and additional_dim < 1:
-    raise DataValueError('additional_dim', '{name}={k} must be >= 1.', k=additional_dim)
+    raise ArgumentError('additional_dim', '{name}={k} must be >= 1.', k=additional_dim)
   if uniform_dequantization is None:
     uniform_dequantization = spec.uniform_dequantization
   random_flip = bool(spec.random_flip) and not evaluation

@@ -3,16 +3,20 @@
 Each type names what the user got wrong (a config value, a dataset, a checkpoint, weights
 files, statistics files, a run that diverged) and carries a message that says how to fix
 it. `main.py` prints `error: <message>` and exits with status 2; every other exception is a
-bug and keeps its traceback. Library functions keep raising `ValueError` for bad argument
-values; the run layer turns those it gets from config values into `ConfigError` naming the
-key (`run.setup.config_errors`).
+bug and keeps its traceback.
+
+Library functions raise `ValueError` for bad argument values, an `ArgumentError` where the
+message names the argument; the run layer turns those it gets from config values into a
+`ConfigError` naming the config key (`config_errors`).
 
 Each type also derives from the built-in exception that callers used to catch (ValueError,
 FileNotFoundError, RuntimeError), so `except ValueError` around a config check still works.
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
+from typing import Mapping
 
 
 class UserError(Exception):
@@ -57,3 +61,44 @@ class StatsNotFoundError(UserError, FileNotFoundError):
 
 class TrainingDivergedError(UserError, RuntimeError):
   """The loss became NaN or Inf; the last checkpoint is intact."""
+
+
+class ArgumentError(ValueError):
+  """A value a library function or network cannot work with, naming its argument (or field).
+
+  Not a user error by itself: the caller knows where the value came from. The message is a
+  `str.format` template of `{name}`; `naming(key)` is the same message naming the value by
+  the caller's name for it (a config key) instead of `argument`.
+  """
+
+  def __init__(self, argument: str, template: str, **values):
+    self.argument = argument
+    self._template, self._values = template, values
+    super().__init__(self.naming(argument))
+
+  def naming(self, name: str) -> str:
+    return self._template.format(name=name, **self._values)
+
+
+@contextlib.contextmanager
+def config_errors(keys: Mapping[str, str] | None = None, where: str | None = None):
+  """Turns the ValueErrors of library code given config values into ConfigErrors.
+
+  An ArgumentError about an argument of `keys` (argument -> config key) is re-raised naming
+  the key; with `where` (a config key or section), any other ValueError becomes a ConfigError
+  ending in `(where)`. Other exceptions, and UserErrors, pass unchanged.
+  """
+  try:
+    yield
+  except UserError:
+    raise
+  except ArgumentError as e:
+    if keys and e.argument in keys:
+      raise ConfigError(e.naming(keys[e.argument])) from e
+    if where is None:
+      raise
+    raise ConfigError(f'{e} ({where})') from e
+  except ValueError as e:
+    if where is None:
+      raise
+    raise ConfigError(f'{e} ({where})') from e

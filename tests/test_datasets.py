@@ -238,11 +238,11 @@ def test_batch_not_divisible_by_devices():
 
 def test_spec_values_are_checked_and_named_by_their_config_key():
   # The library names the spec field or argument; the run layer the config key, as ConfigError.
-  with pytest.raises(datasets.DataValueError, match="^dataset='IMAGENET' is not supported"):
+  with pytest.raises(errors.ArgumentError, match="^dataset='IMAGENET' is not supported"):
     datasets.DataSpec('IMAGENET', image_size=32, num_channels=3)
-  with pytest.raises(datasets.DataValueError, match='^category must name the LSUN category'):
+  with pytest.raises(errors.ArgumentError, match='^category must name the LSUN category'):
     datasets.DataSpec('LSUN', image_size=64, num_channels=3)
-  with pytest.raises(datasets.DataValueError, match='^num_channels=2: DIGITS is grayscale'):
+  with pytest.raises(errors.ArgumentError, match='^num_channels=2: DIGITS is grayscale'):
     datasets.DataSpec('DIGITS', image_size=8, num_channels=2)
   with pytest.raises(errors.ConfigError, match="^data.dataset='IMAGENET' is not supported"):
     run_data.data_spec(_digits_config(dataset='IMAGENET'))
@@ -257,7 +257,7 @@ def test_spec_values_are_checked_and_named_by_their_config_key():
   with pytest.raises(errors.ConfigError, match='^training.batch_size=12 is not divisible'):
     run_data.get_dataset(config, num_devices=8)
   # A value the caller passed keeps the library's name and type.
-  with pytest.raises(datasets.DataValueError, match='^batch_size=12 is not divisible') as info:
+  with pytest.raises(errors.ArgumentError, match='^batch_size=12 is not divisible') as info:
     run_data.get_dataset(_digits_config(), num_devices=8, batch_size=12)
   assert not isinstance(info.value, errors.ConfigError)
 

@@ -55,9 +55,9 @@ def test_registry_has_every_architecture_and_no_config():
 
 
 def test_invalid_field_raises_field_error():
-  with pytest.raises(models.FieldError, match='nonlinearity') as info:
+  with pytest.raises(errors.ArgumentError, match='nonlinearity') as info:
     dataclasses.replace(_small_ddpm(), nonlinearity='tanh')
-  assert info.value.field == 'nonlinearity'
+  assert info.value.argument == 'nonlinearity'
 
 
 def _digits_config():
@@ -75,7 +75,7 @@ def test_run_layer_names_the_config_key():
     networks.get_model(config)
   config = _digits_config()
   config.model.progressive = 'sideways'
-  with pytest.raises(errors.ConfigError, match=r'\(config\.model\.progressive\)'):
+  with pytest.raises(errors.ConfigError, match=r'^config\.model\.progressive must be one of'):
     networks.get_model(config)
   config = _digits_config()
   assert isinstance(config.model.fir_kernel, list)  # Becomes a tuple: networks stay hashable.

@@ -3,7 +3,6 @@
 Networks take typed fields; `scoresde_jax.run.networks` builds them from a config.
 """
 from scoresde_jax.models.utils import (
-    FieldError,
     ScoreFn,
     get_architecture,
     get_model_fn,

@@ -19,38 +19,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from scoresde_jax.models import layers
-from scoresde_jax.models.utils import FieldError, register_model
+from scoresde_jax.errors import ArgumentError
+from scoresde_jax.models.utils import register_model
 
 
 @register_model(name='ddpm')
-class DDPM(nn.Module):
+class DDPM(layers.UNet):
   """DDPM score/noise network (see the module docstring for the call signature).
 
-  Attributes:
-    nf: base channel count; level i has nf * ch_mult[i] channels.
-    ch_mult: channel multipliers, one per resolution (len - 1 halvings).
-    num_res_blocks: residual blocks per resolution.
-    attn_resolutions: feature-map sides (H) that get self-attention.
-    dropout: dropout rate inside residual blocks.
-    resamp_with_conv: resamplers convolve after resizing.
-    conditional: embed the labels and feed them to every residual block.
-    scale_by_sigma: divide the output by sigmas[labels].
-    nonlinearity: elu | relu | lrelu | swish.
-    centered: inputs are in [-1, 1] already (else [0, 1]).
+  Attributes (besides those of `layers.UNet`; `scale_by_sigma` divides by sigmas[labels]):
     normalization: 'GroupNorm' only.
     sigma_min, sigma_max, num_scales: the noise levels; required by `scale_by_sigma`.
     dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
   """
-  nf: int
-  ch_mult: tuple[int, ...]
-  num_res_blocks: int
-  attn_resolutions: tuple[int, ...]
-  dropout: float
-  resamp_with_conv: bool
-  conditional: bool
-  scale_by_sigma: bool
-  nonlinearity: str
-  centered: bool
   normalization: str = 'GroupNorm'
   sigma_min: float | None = None
   sigma_max: float | None = None
@@ -59,58 +40,41 @@ class DDPM(nn.Module):
 
   def __post_init__(self):
     if self.normalization != 'GroupNorm':
-      raise FieldError('normalization', "ddpm supports normalization='GroupNorm' only, "
-                       f'got {self.normalization!r}.')
+      raise ArgumentError('normalization', "ddpm supports {name}='GroupNorm' only, got "
+                          '{value!r}.', value=self.normalization)
     if self.scale_by_sigma:
       for field in ('sigma_min', 'sigma_max', 'num_scales'):
         if getattr(self, field) is None:
-          raise FieldError(field, f'{field} is required by scale_by_sigma=True.')
-    layers.get_act(self.nonlinearity)
-    layers.get_dtype(self.dtype)
+          raise ArgumentError(field, '{name} is required by scale_by_sigma=True.')
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x, labels, train: bool = True):
-    act = layers.get_act(self.nonlinearity)
-    dtype = layers.get_dtype(self.dtype)
-    nf = self.nf
-    ch_mult = tuple(self.ch_mult)
-    num_res_blocks = self.num_res_blocks
-    attn_resolutions = tuple(self.attn_resolutions)
+    act, dtype = self.act_and_dtype()
+    nf, ch_mult = self.nf, self.ch_mult
     num_resolutions = len(ch_mult)
     for ch in (nf,) + tuple(nf * c for c in ch_mult):
       if ch % 32:
-        raise FieldError('nf', f'ddpm GroupNorm uses 32 groups: channel count {ch} '
-                         '(nf * ch_mult) must be a multiple of 32.')
-    if x.ndim != 4:
-      raise ValueError(f'x must be [B, H, W, C], got shape {x.shape}.')
-    if labels.shape != (x.shape[0],):
-      raise ValueError(f'labels must be [B] = [{x.shape[0]}], got shape {labels.shape}.')
-    if x.shape[1] % (2 ** (num_resolutions - 1)) or x.shape[2] % (2 ** (num_resolutions - 1)):
-      raise ValueError(f'Image size {x.shape[1:3]} is not divisible by '
-                       f'2^{num_resolutions - 1} (len(ch_mult) - 1 halvings).')
+        raise ArgumentError('nf', 'ddpm GroupNorm uses 32 groups: channel count {ch} '
+                            '({name} * ch_mult) must be a multiple of 32.', ch=ch)
+    self.check_inputs(x, labels)
 
     attn_block = functools.partial(layers.AttnBlock, dtype=dtype)
     resnet_block = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout,
                                      dtype=dtype)
 
+    temb = None
     if self.conditional:
-      temb = layers.get_timestep_embedding(labels, nf)
-      dense = functools.partial(nn.Dense, nf * 4, kernel_init=layers.default_init(),
-                                dtype=dtype, param_dtype=jnp.float32)
-      temb = dense()(temb)
-      temb = dense()(act(temb))
-    else:
-      temb = None
+      temb = layers.time_mlp(layers.get_timestep_embedding(labels, nf), nf, act, dtype)
 
     x = x.astype(jnp.float32)
     h = x if self.centered else 2 * x - 1.
 
     hs = [layers.conv3x3(h, nf, dtype=dtype)]
     for i_level in range(num_resolutions):
-      for _ in range(num_res_blocks):
+      for _ in range(self.num_res_blocks):
         h = resnet_block(out_ch=nf * ch_mult[i_level])(hs[-1], temb, train)
-        if h.shape[1] in attn_resolutions:
+        if h.shape[1] in self.attn_resolutions:
           h = attn_block()(h)
         hs.append(h)
       if i_level != num_resolutions - 1:
@@ -122,11 +86,11 @@ class DDPM(nn.Module):
     h = resnet_block()(h, temb, train)
 
     for i_level in reversed(range(num_resolutions)):
-      for _ in range(num_res_blocks + 1):
+      for _ in range(self.num_res_blocks + 1):
         skip = hs.pop()
         h = resnet_block(out_ch=nf * ch_mult[i_level])(
             jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb, train)
-      if h.shape[1] in attn_resolutions:
+      if h.shape[1] in self.attn_resolutions:
         h = attn_block()(h)
       if i_level != 0:
         h = layers.Upsample(with_conv=self.resamp_with_conv, dtype=dtype)(h)

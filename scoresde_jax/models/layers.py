@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde_jax.models import up_or_down_sampling
-from scoresde_jax.models.utils import FieldError
+from scoresde_jax.errors import ArgumentError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _ACTS = {'elu': nn.elu, 'relu': nn.relu, 'swish': nn.swish,
@@ -29,17 +29,18 @@ _ACTS = {'elu': nn.elu, 'relu': nn.relu, 'swish': nn.swish,
 
 
 def get_dtype(name: str):
-  """The compute dtype called `name` ('float32' or 'bfloat16'); FieldError('dtype') else."""
+  """The compute dtype called `name` ('float32' or 'bfloat16'); ArgumentError('dtype') else."""
   if name not in _DTYPES:
-    raise FieldError('dtype', f'dtype must be one of {sorted(_DTYPES)}, got {name!r}.')
+    raise ArgumentError('dtype', '{name} must be one of {allowed}, got {value!r}.',
+                        allowed=sorted(_DTYPES), value=name)
   return _DTYPES[name]
 
 
 def get_act(name: str) -> Callable[[jax.Array], jax.Array]:
-  """The activation called `name` (elu | relu | lrelu | swish, any case); FieldError else."""
+  """The activation called `name` (elu | relu | lrelu | swish, any case); ArgumentError else."""
   if name.lower() not in _ACTS:
-    raise FieldError('nonlinearity', f'Unknown nonlinearity {name!r}; '
-                     f'expected one of {sorted(_ACTS)}.')
+    raise ArgumentError('nonlinearity', 'Unknown {name} {value!r}; expected one of {allowed}.',
+                        value=name, allowed=sorted(_ACTS))
   return _ACTS[name.lower()]
 
 
@@ -173,6 +174,26 @@ class Downsample(nn.Module):
     return up_or_down_sampling.naive_downsample_2d(x, factor=2)
 
 
+def time_mlp(temb, nf: int, act, dtype):
+  """The label embedding through Dense(4 nf), act, Dense(4 nf): how both U-Nets condition.
+
+  Call it inside the network: the two Dense layers are the network's, created in this order.
+  """
+  dense = functools.partial(nn.Dense, nf * 4, kernel_init=default_init(), dtype=dtype,
+                            param_dtype=jnp.float32)
+  h = dense()(temb)
+  return dense()(act(h))
+
+
+def add_time_embedding(h, temb, act, dtype):
+  """h + Dense(act(temb)) over every pixel: a residual block's conditioning on the noise
+  level (h unchanged when `temb` is None). Call it inside the block: the Dense is the block's."""
+  if temb is None:
+    return h
+  dense = nn.Dense(h.shape[-1], kernel_init=default_init(), dtype=dtype, param_dtype=jnp.float32)
+  return h + dense(act(temb))[:, None, None, :]
+
+
 class ResnetBlockDDPM(nn.Module):
   """DDPM residual block: [B, H, W, C] (+ temb [B, D]) -> [B, H, W, out_ch]."""
   act: Callable
@@ -188,9 +209,7 @@ class ResnetBlockDDPM(nn.Module):
     out_ch = self.out_ch if self.out_ch else c
     h = self.act(group_norm(x, self.num_groups, self.dtype))
     h = conv3x3(h, out_ch, dtype=self.dtype)
-    if temb is not None:
-      h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype,
-                       param_dtype=jnp.float32)(self.act(temb))[:, None, None, :]
+    h = add_time_embedding(h, temb, self.act, self.dtype)
     h = self.act(group_norm(h, self.num_groups, self.dtype))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=0., dtype=self.dtype)
@@ -200,3 +219,50 @@ class ResnetBlockDDPM(nn.Module):
       else:
         x = NIN(out_ch, dtype=self.dtype)(x)
     return x + h
+
+
+class UNet(nn.Module):
+  """The fields and input checks the DDPM and NCSN++ / DDPM++ U-Nets share.
+
+  Attributes:
+    nf: base channel count; level i has nf * ch_mult[i] channels.
+    ch_mult: channel multipliers, one per resolution (len - 1 halvings).
+    num_res_blocks: residual blocks per resolution.
+    attn_resolutions: feature-map sides (H) that get self-attention.
+    dropout: dropout rate inside residual blocks.
+    resamp_with_conv: resamplers convolve after resizing.
+    conditional: embed the labels and feed them to every residual block.
+    scale_by_sigma: divide the output by the noise level of the labels.
+    nonlinearity: elu | relu | lrelu | swish.
+    centered: inputs are in [-1, 1] already (else [0, 1]).
+  """
+  nf: int
+  ch_mult: tuple[int, ...]
+  num_res_blocks: int
+  attn_resolutions: tuple[int, ...]
+  dropout: float
+  resamp_with_conv: bool
+  conditional: bool
+  scale_by_sigma: bool
+  nonlinearity: str
+  centered: bool
+
+  def __post_init__(self):
+    self.act_and_dtype()  # unknown names fail when the network is built
+    super().__post_init__()
+
+  def act_and_dtype(self):
+    """The activation of `nonlinearity` and the compute dtype of `dtype` (a field each
+    subclass declares with its defaults, after its own required fields)."""
+    return get_act(self.nonlinearity), get_dtype(self.dtype)
+
+  def check_inputs(self, x, labels):
+    """x: [B, H, W, C], H and W divisible by 2^(len(ch_mult) - 1); labels: [B]."""
+    if x.ndim != 4:
+      raise ValueError(f'x must be [B, H, W, C], got shape {x.shape}.')
+    if labels.shape != (x.shape[0],):
+      raise ValueError(f'labels must be [B] = [{x.shape[0]}], got shape {labels.shape}.')
+    halvings = len(self.ch_mult) - 1
+    if x.shape[1] % (2 ** halvings) or x.shape[2] % (2 ** halvings):
+      raise ValueError(f'Image size {x.shape[1:3]} is not divisible by '
+                       f'2^{halvings} (len(ch_mult) - 1 halvings).')

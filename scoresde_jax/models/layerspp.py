@@ -148,9 +148,7 @@ class ResnetBlockDDPMpp(nn.Module):
     out_ch = self.out_ch if self.out_ch else c
     h = self.act(layers.group_norm(x, num_groups_pp(c), self.dtype))
     h = conv3x3(h, out_ch, dtype=self.dtype)
-    if temb is not None:
-      h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype,
-                       param_dtype=jnp.float32)(self.act(temb))[:, None, None, :]
+    h = layers.add_time_embedding(h, temb, self.act, self.dtype)
     h = self.act(layers.group_norm(h, num_groups_pp(out_ch), self.dtype))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.dtype)
@@ -199,9 +197,7 @@ class ResnetBlockBigGANpp(nn.Module):
     h = self._resample(h)
     x = self._resample(x)
     h = conv3x3(h, out_ch, dtype=self.dtype)
-    if temb is not None:
-      h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype,
-                       param_dtype=jnp.float32)(self.act(temb))[:, None, None, :]
+    h = layers.add_time_embedding(h, temb, self.act, self.dtype)
     h = self.act(layers.group_norm(h, num_groups_pp(out_ch), self.dtype))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.dtype)

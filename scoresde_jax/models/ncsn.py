@@ -17,7 +17,8 @@ reads `model.num_classes`, which no config set, and calls a normalization class 
 from __future__ import annotations
 
 from scoresde_jax.models import ncsnv2
-from scoresde_jax.models.utils import FieldError, register_model
+from scoresde_jax.errors import ArgumentError
+from scoresde_jax.models.utils import register_model
 
 
 @register_model(name='ncsn')
@@ -34,8 +35,9 @@ class NCSN(ncsnv2.RefineNet):
 
   def __post_init__(self):
     if self.num_classes is not None and self.num_classes != self.num_scales:
-      raise FieldError('num_classes', f'num_classes ({self.num_classes}) must equal '
-                       f'num_scales ({self.num_scales}): one row per noise level.')
+      raise ArgumentError('num_classes', '{name} ({classes}) must equal num_scales ({scales}): '
+                          'one row per noise level.', classes=self.num_classes,
+                          scales=self.num_scales)
     super().__post_init__()
 
   @property

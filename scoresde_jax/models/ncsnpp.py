@@ -22,7 +22,8 @@ import numpy as np
 
 from scoresde_jax.models import layers
 from scoresde_jax.models import layerspp
-from scoresde_jax.models.utils import FieldError, check_choice, register_model
+from scoresde_jax.errors import ArgumentError
+from scoresde_jax.models.utils import check_choice, register_model
 
 _PROGRESSIVE = ('none', 'output_skip', 'residual')
 _PROGRESSIVE_INPUT = ('none', 'input_skip', 'residual')
@@ -33,25 +34,16 @@ _ATTENTION = ('ddpm',)
 
 
 @register_model(name='ncsnpp')
-class NCSNpp(nn.Module):
+class NCSNpp(layers.UNet):
   """NCSN++ / DDPM++ score network (see the module docstring for the call signature).
 
-  Attributes:
-    nf: base channel count; level i has nf * ch_mult[i] channels.
-    ch_mult: channel multipliers, one per resolution (len - 1 halvings).
-    num_res_blocks: residual blocks per resolution.
-    attn_resolutions: feature-map sides (H) that get self-attention.
-    dropout: dropout rate inside residual blocks.
-    resamp_with_conv: 'ddpm' resamplers convolve after resizing.
-    conditional: feed the label embedding to every residual block.
+  Attributes (besides those of `layers.UNet`; `resamp_with_conv` concerns the 'ddpm'
+  resamplers, `scale_by_sigma` divides by the used sigma):
     fir: FIR (up_or_down_sampling) resampling instead of naive resizing.
     fir_kernel: the FIR kernel, e.g. (1, 3, 3, 1).
     skip_rescale: divide residual sums by sqrt(2).
     resblock_type: 'ddpm' or 'biggan' (which also resamples).
     init_scale: initialization scale of output layers (0 means 1e-10).
-    scale_by_sigma: divide the output by the used sigma.
-    nonlinearity: elu | relu | lrelu | swish.
-    centered: inputs are in [-1, 1] already (else [0, 1]).
     progressive: output pyramid, 'none' | 'output_skip' | 'residual'.
     progressive_input: input pyramid, 'none' | 'input_skip' | 'residual'.
     progressive_combine: how 'input_skip' merges the pyramid, 'sum' | 'cat'.
@@ -62,21 +54,11 @@ class NCSNpp(nn.Module):
       'positional'.
     dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
   """
-  nf: int
-  ch_mult: tuple[int, ...]
-  num_res_blocks: int
-  attn_resolutions: tuple[int, ...]
-  dropout: float
-  resamp_with_conv: bool
-  conditional: bool
   fir: bool
   fir_kernel: tuple[int, ...]
   skip_rescale: bool
   resblock_type: str
   init_scale: float
-  scale_by_sigma: bool
-  nonlinearity: str
-  centered: bool
   progressive: str = 'none'
   progressive_input: str = 'none'
   progressive_combine: str = 'sum'
@@ -99,15 +81,13 @@ class NCSNpp(nn.Module):
         'sigma_min', 'sigma_max', 'num_scales')
     for field in needed:
       if getattr(self, field) is None:
-        raise FieldError(field, f"{field} is required by embedding_type={embedding!r}.")
-    layers.get_act(self.nonlinearity)
-    layers.get_dtype(self.dtype)
+        raise ArgumentError(field, '{name} is required by embedding_type={embedding!r}.',
+                            embedding=embedding)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x, time_cond, train: bool = True):
-    act = layers.get_act(self.nonlinearity)
-    dtype = layers.get_dtype(self.dtype)
+    act, dtype = self.act_and_dtype()
     nf = self.nf
     ch_mult = tuple(self.ch_mult)
     num_res_blocks = self.num_res_blocks
@@ -124,13 +104,7 @@ class NCSNpp(nn.Module):
     progressive_input = self.progressive_input.lower()
     embedding_type = self.embedding_type.lower()
     combine_method = self.progressive_combine.lower()
-    if x.ndim != 4:
-      raise ValueError(f'x must be [B, H, W, C], got shape {x.shape}.')
-    if time_cond.shape != (x.shape[0],):
-      raise ValueError(f'labels must be [B] = [{x.shape[0]}], got shape {time_cond.shape}.')
-    if x.shape[1] % (2 ** (num_resolutions - 1)) or x.shape[2] % (2 ** (num_resolutions - 1)):
-      raise ValueError(f'Image size {x.shape[1:3]} is not divisible by '
-                       f'2^{num_resolutions - 1} (len(ch_mult) - 1 halvings).')
+    self.check_inputs(x, time_cond)
     channels = x.shape[-1]
 
     # Noise-level / timestep embedding.
@@ -143,13 +117,7 @@ class NCSNpp(nn.Module):
       used_sigmas = sigmas[time_cond.astype(jnp.int32)]
       temb = layers.get_timestep_embedding(time_cond, nf)
 
-    if conditional:
-      dense = functools.partial(nn.Dense, nf * 4, kernel_init=layers.default_init(),
-                                dtype=dtype, param_dtype=jnp.float32)
-      temb = dense()(temb)
-      temb = dense()(act(temb))
-    else:
-      temb = None
+    temb = layers.time_mlp(temb, nf, act, dtype) if conditional else None
 
     attn_block = functools.partial(layerspp.AttnBlockpp, init_scale=init_scale,
                                    skip_rescale=skip_rescale, dtype=dtype)

@@ -26,7 +26,8 @@ import numpy as np
 
 from scoresde_jax.models import layers
 from scoresde_jax.models import ncsn_layers
-from scoresde_jax.models.utils import FieldError, check_choice, init_params, register_model
+from scoresde_jax.errors import ArgumentError
+from scoresde_jax.models.utils import check_choice, init_params, register_model
 
 _INTERPOLATIONS = ('bilinear', 'nearest_neighbor')
 
@@ -123,8 +124,9 @@ class RefineNet(nn.Module):
 
   def __post_init__(self):
     if self.normalization != 'InstanceNorm++':
-      raise FieldError('normalization', f'{self.architecture} is built with InstanceNorm++; '
-                       f'got normalization = {self.normalization!r}.')
+      raise ArgumentError('normalization', '{architecture} is built with InstanceNorm++; got '
+                          '{name} = {value!r}.', architecture=self.architecture,
+                          value=self.normalization)
     check_choice('interpolation', self.interpolation, _INTERPOLATIONS)
     layers.get_act(self.nonlinearity)
     layers.get_dtype(self.dtype)

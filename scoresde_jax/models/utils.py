@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from scoresde_jax import sde_lib
+from scoresde_jax.errors import ArgumentError
 
 _MODELS: dict[str, type[nn.Module]] = {}
 # Modules whose import registers architectures; imported on the first registry lookup.
@@ -27,18 +28,11 @@ _ARCHITECTURE_MODULES = ('ncsnpp', 'ddpm', 'ncsnv2', 'ncsn')
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-class FieldError(ValueError):
-  """A network field value the network cannot work with; `field` names the field."""
-
-  def __init__(self, field: str, message: str):
-    super().__init__(message)
-    self.field = field
-
-
 def check_choice(field: str, value: str, allowed: Sequence[str]) -> str:
-  """`value` lower-cased if it is one of `allowed`; otherwise FieldError naming `field`."""
+  """`value` lower-cased if it is one of `allowed`; otherwise ArgumentError naming `field`."""
   if not isinstance(value, str) or value.lower() not in allowed:
-    raise FieldError(field, f'{field} must be one of {tuple(allowed)}, got {value!r}.')
+    raise ArgumentError(field, '{name} must be one of {allowed}, got {value!r}.',
+                        allowed=tuple(allowed), value=value)
   return value.lower()
 
 

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scoresde_jax.models.utils import FieldError
+from scoresde_jax.errors import ArgumentError
 
 # He initialization with fan-out (gain 2), the WRN reference's choice for convolutions.
 conv_init = jax.nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -118,8 +118,8 @@ class WideResNetNoiseConditional(nn.Module):
 
   def __post_init__(self):
     if (self.depth - 4) % 6 or self.depth < 10:
-      raise FieldError('depth', 'Wide-ResNet depth must be 6 n + 4 with n >= 1 '
-                       f'(10, 16, 22, 28, ...), got {self.depth}.')
+      raise ArgumentError('depth', 'Wide-ResNet {name} must be 6 n + 4 with n >= 1 '
+                          '(10, 16, 22, 28, ...), got {depth}.', depth=self.depth)
     super().__post_init__()
 
   @nn.compact

@@ -1,34 +1,20 @@
 """From `config.data` (and the batch sizes of `config.training` / `config.eval`) to datasets.
 
 The config boundary for data: `datasets` takes a `DataSpec` and plain arguments; this module
-reads the ConfigDict, and turns the library's `DataValueError`s about values that come from
-the config into `errors.ConfigError`s naming the key (e.g. `data.image_size`,
-`training.batch_size`).
+reads the ConfigDict, and turns the library's `errors.ArgumentError`s about values that come
+from the config into `errors.ConfigError`s naming the key (e.g. `data.image_size`,
+`training.batch_size`); those about values the caller passed stay as they are.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Callable, Iterator, Optional
 
-from scoresde_jax import datasets
-from scoresde_jax.errors import ConfigError
+from scoresde_jax import datasets, errors
 
 # None is a value of additional_dim (no fused-steps axis), so "not given" needs its own marker.
 _FROM_CONFIG = object()
 _SPEC_KEYS = {field.name: f'data.{field.name}' for field in dataclasses.fields(datasets.DataSpec)}
-
-
-@contextlib.contextmanager
-def _config_keys(keys: Mapping[str, str]):
-  """Turns a DataValueError about a setting of `keys` (setting -> config key) into a
-  ConfigError naming the key; those about settings the caller passed stay as they are."""
-  try:
-    yield
-  except datasets.DataValueError as e:
-    if e.setting not in keys:
-      raise
-    raise ConfigError(e.naming(keys[e.setting])) from e
 
 
 def data_spec(config) -> datasets.DataSpec:
@@ -38,7 +24,7 @@ def data_spec(config) -> datasets.DataSpec:
     ConfigError: a `config.data` value no dataset reader accepts (the message names the key).
   """
   data = config.data
-  with _config_keys(_SPEC_KEYS):
+  with errors.config_errors(_SPEC_KEYS):
     return datasets.DataSpec(
         dataset=data.dataset, image_size=data.image_size, num_channels=data.num_channels,
         centered=data.centered, random_flip=data.random_flip,
@@ -84,7 +70,7 @@ def get_dataset(config, split: str = 'train', *, evaluation: bool = False,
   if additional_dim is _FROM_CONFIG:
     keys['additional_dim'] = 'training.n_jitted_steps'
     additional_dim = None if evaluation else config.training.n_jitted_steps
-  with _config_keys(keys):
+  with errors.config_errors(keys):
     return datasets.get_dataset(
         spec, split, batch_size=batch_size, seed=config.seed if seed is None else seed,
         evaluation=evaluation, additional_dim=additional_dim, **kwargs)

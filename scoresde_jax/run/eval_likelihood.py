@@ -78,7 +78,7 @@ class BpdEval:
     self.split = 'train' if name == 'train' else 'eval'
     self.repeats = int(e.get('bpd_num_repeats', None) or (1 if self.split == 'train' else 5))
     self._config, self._mesh, self._num_batches = config, mesh, num_batches
-    with setup.config_errors('config.eval'):
+    with errors.config_errors(where='config.eval'):
       self._likelihood = likelihood.get_likelihood_fn(
           sde, rtol=float(e.get('bpd_rtol', 1e-5)), atol=float(e.get('bpd_atol', 1e-5)),
           eps=1e-5, hutchinson_type=e.get('hutchinson_type', 'rademacher'),

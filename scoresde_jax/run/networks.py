@@ -25,15 +25,11 @@ def _key(field: str, section: str) -> str:
   return f'config.data.{field}' if field in _DATA_FIELDS else f'config.{section}.{field}'
 
 
-def _config_error(e: ValueError, section: str) -> errors.ConfigError:
-  """ConfigError of a ValueError a network raised, naming the config key behind it.
-
-  A `models.FieldError` names its field; the networks' other ValueErrors are about the input
-  shape, which comes from config.data.image_size.
-  """
-  field = getattr(e, 'field', None)
-  key = _key(field, section) if field else 'config.data.image_size'
-  return errors.ConfigError(f'{e} ({key})')
+def _config_errors(cls, section: str):
+  """A network's field errors name the config key of the field; its other ValueErrors are
+  about the input shape, which comes from config.data.image_size."""
+  keys = {f.name: _key(f.name, section) for f in dataclasses.fields(cls)}
+  return errors.config_errors(keys, where='config.data.image_size')
 
 
 def _build(cls, config, section: str):
@@ -50,10 +46,8 @@ def _build(cls, config, section: str):
     elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
       raise errors.ConfigError(f'{_key(field.name, section)} is required by '
                                f'{cls.__name__}.')
-  try:
+  with _config_errors(cls, section):
     return cls(**kwargs)
-  except ValueError as e:
-    raise _config_error(e, section) from e
 
 
 def _image_shape(config) -> tuple[int, int, int]:
@@ -73,10 +67,8 @@ def get_model(config):
 def init_model(rng, config, batch_size: int = 1):
   """The score network and its float32 parameters for config.data's images: (model, params)."""
   model = get_model(config)
-  try:
+  with _config_errors(type(model), 'model'):
     params = models.init_params(model, rng, _image_shape(config), batch_size)
-  except ValueError as e:
-    raise _config_error(e, 'model') from e
   return model, params
 
 
@@ -92,9 +84,7 @@ def init_classifier(rng, config, batch_size: int = 1):
   """The classifier and its float32 parameters for config.data's images: (model, params)."""
   model = get_classifier(config)
   x = jnp.zeros((batch_size, *_image_shape(config)), jnp.float32)
-  try:
+  with _config_errors(type(model), 'classifier'):
     # One compilation instead of one per operation of the network.
     variables = jax.jit(model.init)(rng, x, jnp.ones((batch_size,), jnp.float32))
-  except ValueError as e:
-    raise _config_error(e, 'classifier') from e
   return model, variables['params']

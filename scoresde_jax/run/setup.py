@@ -6,11 +6,10 @@ ConfigDict; the library takes plain values. This module turns `config.training`,
 `run.networks` builds the networks and `run.data` the datasets.
 
 A library constructor's ValueError about a config value becomes an `errors.ConfigError`
-naming the config section (`config_errors`), which `main.py` prints as one line.
+naming the config section (`errors.config_errors`), which `main.py` prints as one line.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Mapping
 
@@ -19,18 +18,6 @@ import numpy as np
 
 from scoresde_jax import errors, losses, models, samplers, sde_lib
 from scoresde_jax.run import networks
-
-
-@contextlib.contextmanager
-def config_errors(where: str):
-  """Turns a ValueError raised inside into a ConfigError naming `where` (a config key or
-  section): for library constructors that check the values a config gave them."""
-  try:
-    yield
-  except errors.UserError:
-    raise
-  except ValueError as e:
-    raise errors.ConfigError(f'{e} ({where})') from e
 
 
 def plain(value):
@@ -53,7 +40,7 @@ def get_sde(config) -> sde_lib.SDE:
                              f'expected one of {sorted(sde_lib.SDES)}.')
   fields = [f.name for f in dataclasses.fields(sde_lib.SDES[name]) if f.name != 'N']
   kwargs = {key: float(config.model[key]) for key in fields}
-  with config_errors('config.model'):
+  with errors.config_errors(where='config.model'):
     return sde_lib.get_sde(name, N=int(config.model.num_scales), **kwargs)
 
 
@@ -101,7 +88,7 @@ def get_apply_fn(model, train: bool):
 def get_loss_fn(config, sde, model, train: bool):
   """The training objective of `config.training` (`loss_fn(params, batch, rng)`)."""
   t = config.training
-  with config_errors('config.training'):
+  with errors.config_errors(where='config.training'):
     return losses.get_loss_fn(sde, get_apply_fn(model, train), continuous=bool(t.continuous),
                               reduce_mean=bool(t.reduce_mean),
                               likelihood_weighting=bool(t.likelihood_weighting))
@@ -130,7 +117,7 @@ def sampler_spec(config, overrides: Mapping[str, Any] | None = None,
   if unknown:
     raise errors.ConfigError(f'{where} has unknown keys {unknown}; allowed: {list(SAMPLER_KEYS)}.')
   values.update(overrides)
-  with config_errors(where):
+  with errors.config_errors(where=where):
     return samplers.SamplerSpec(**values)
 
 
@@ -142,5 +129,5 @@ def get_sampler(config, shape, sharding=None, overrides: Mapping[str, Any] | Non
   this, so their samplers agree on the end time, the NFE and the sharding.
   """
   spec = sampler_spec(config, overrides, where)
-  with config_errors(where):
+  with errors.config_errors(where=where):
     return samplers.build(spec, get_sde(config), shape, sharding, trajectory_steps)
