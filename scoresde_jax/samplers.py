@@ -95,9 +95,6 @@ class SamplerSpec:
       raise ValueError(f'Unknown options {unknown} of fast sampler {self.method!r}; it takes '
                        f'{sorted(allowed)}.')
 
-  def replace(self, **changes) -> SamplerSpec:
-    return dataclasses.replace(self, **changes)
-
   def as_dict(self) -> dict:
     """Plain values (JSON-ready): the fields, with `fast` as a dict."""
     out = dataclasses.asdict(self)
