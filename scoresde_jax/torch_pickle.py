@@ -2,11 +2,12 @@
 
 `load(path)` reads the object a `torch.save` file holds (the zip format of torch >= 1.6 and
 the older "legacy" stream format), with every tensor as a numpy array. The pickle is read
-by a restricted unpickler that resolves only the handful of globals a state dict needs
-(tensor rebuild functions, storage classes, `collections.OrderedDict`) to numpy
-reconstructions. Anything else in the pickle (e.g. `os.system`, `builtins.eval`, arbitrary
-classes) raises `UnsafeCheckpointError` naming the forbidden global, before it is ever
-called.
+by a restricted unpickler that resolves only the handful of globals a training checkpoint
+needs (tensor rebuild functions, storage classes, `collections.OrderedDict`, and numpy
+scalars of numeric dtypes, which the reference's optimizer state holds: its warm-up writes a
+`numpy.float64` learning rate) to numpy reconstructions. Anything else in the pickle (e.g.
+`os.system`, `builtins.eval`, arbitrary classes, numpy arrays or object dtypes) raises
+`UnsafeCheckpointError` naming the forbidden global, before it is ever called.
 
   tree = torch_pickle.load('checkpoint_24.pth')      # {'model': {...}, 'step': 3, ...}
   arrays = torch_pickle.flatten(tree)                # {'model.all_modules.0.W': ..., ...}
@@ -93,12 +94,77 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
   return data
 
 
-# The complete list of globals a state-dict pickle may reference.
+# numpy scalars. `pickle.dumps(np.float64(x))` is
+#   numpy._core.multiarray.scalar(numpy.dtype('f8', False, True) + BUILD state, raw bytes)
+# (`numpy.core.multiarray` under numpy 1.x), and with protocol 2, torch.save's, the raw
+# bytes come as `_codecs.encode(text, 'latin1')`. Each step is replaced by a check that lets
+# through exactly that shape with a numeric dtype, so no numpy code runs on pickle input.
+_NUMERIC_KINDS = 'biufc'
+# `np.dtype.__reduce__`'s state for a plain (non-structured, non-subarray) dtype:
+# (version, byte order, subarray, names, fields, elsize, alignment, flags).
+_PLAIN_DTYPE_STATE = (3, None, None, None, None, -1, -1, 0)
+
+
+class _DtypeSpec:
+  """Stands in for `numpy.dtype(spec, align, copy)` until its BUILD state is checked."""
+
+  def __init__(self, spec, align=False, copy=True):
+    del align, copy  # They do not change a numeric dtype.
+    if not isinstance(spec, str):
+      raise UnsafeCheckpointError(f'Refusing to load: numpy dtype from {type(spec).__name__}.')
+    try:
+      dtype = np.dtype(spec)
+    except TypeError as e:
+      raise UnsafeCheckpointError(f'Refusing to load: unknown numpy dtype {spec!r}.') from e
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype:
+      raise UnsafeCheckpointError(
+          f'Refusing to load: numpy dtype {spec!r} is not a plain numeric dtype (only bool, '
+          'int, uint, float and complex scalars occur in checkpoints).')
+    self.dtype = dtype
+
+  def __setstate__(self, state):
+    if (not isinstance(state, tuple) or len(state) != len(_PLAIN_DTYPE_STATE)
+        or state[1] not in ('<', '>', '|', '=')
+        or state[:1] + state[2:] != _PLAIN_DTYPE_STATE[:1] + _PLAIN_DTYPE_STATE[2:]):
+      raise UnsafeCheckpointError(f'Refusing to load: numpy dtype state {state!r} is not that '
+                                  'of a plain numeric dtype.')
+    if state[1] in '<>':
+      self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _Latin1Bytes(bytes):
+  """`_codecs.encode(text, 'latin1')`: the raw bytes of a numpy scalar in a protocol-2 pickle."""
+
+
+def _codecs_encode(text, encoding):
+  if not isinstance(text, str) or encoding != 'latin1':
+    raise UnsafeCheckpointError(
+        f'Refusing to load: _codecs.encode({type(text).__name__}, {encoding!r}) is not the '
+        "bytes of a numpy scalar (text, 'latin1').")
+  return _Latin1Bytes(text.encode('latin1'))
+
+
+def _numpy_scalar(dtype, data):
+  if not isinstance(dtype, _DtypeSpec) or not isinstance(data, bytes):
+    raise UnsafeCheckpointError('Refusing to load: numpy scalar from '
+                                f'({type(dtype).__name__}, {type(data).__name__}), not '
+                                '(a numeric dtype, its bytes).')
+  if len(data) != dtype.dtype.itemsize:
+    raise UnsafeCheckpointError(f'Refusing to load: numpy {dtype.dtype} scalar of '
+                                f'{len(data)} bytes (needs {dtype.dtype.itemsize}).')
+  return np.frombuffer(bytes(data), dtype.dtype)[0].astype(dtype.dtype.newbyteorder('='))
+
+
+# The complete list of globals a checkpoint pickle may reference.
 _ALLOWED_GLOBALS = {
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
     ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
     ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
+    ('numpy', 'dtype'): _DtypeSpec,
+    ('numpy._core.multiarray', 'scalar'): _numpy_scalar,  # numpy >= 2
+    ('numpy.core.multiarray', 'scalar'): _numpy_scalar,  # numpy 1.x
+    ('_codecs', 'encode'): _codecs_encode,
 }
 
 
@@ -122,8 +188,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     raise UnsafeCheckpointError(
         f'Refusing to load: the checkpoint pickle references the global {module}.{name}, '
         'which a plain tensor state dict never needs (only tensors, storages, '
-        'OrderedDict and builtin containers are allowed). The file may be malicious, or '
-        'it holds a whole pickled model or optimizer object rather than a state dict.')
+        'OrderedDict, numeric numpy scalars and builtin containers are allowed). The file '
+        'may be malicious, or it holds a whole pickled model or optimizer object rather '
+        'than a state dict.')
 
   def persistent_load(self, pid):
     if self._load_storage is None:
@@ -164,7 +231,7 @@ def _load_zip(zf: zipfile.ZipFile) -> Any:
     return storage
 
   with zf.open(pkl[0]) as f:
-    return _RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load()
+    return _finish(_RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load())
 
 
 # Legacy (torch < 1.6 default) stream format: magic, protocol, sys_info pickles, the
@@ -220,7 +287,7 @@ def _load_legacy(f) -> Any:
   for view, key, offset, view_size in views:
     view.array = storages[key][2].array[offset:offset + view_size]
   # Tensors were deferred during `load`: their storages are filled only now.
-  return _materialize(result)
+  return _finish(result)
 
 
 class _DeferredTensor:
@@ -230,15 +297,23 @@ class _DeferredTensor:
     self.args = args
 
 
-def _materialize(obj):
+def _finish(obj):
+  """The loaded tree with stand-ins resolved: deferred tensors built, dtypes as `np.dtype`.
+
+  Bytes from `_codecs.encode` that did not become a numpy scalar are refused here.
+  """
   if isinstance(obj, _DeferredTensor):
     return _rebuild_tensor_v2(*obj.args)
+  if isinstance(obj, _DtypeSpec):
+    return obj.dtype
+  if isinstance(obj, _Latin1Bytes):
+    raise UnsafeCheckpointError('Refusing to load: _codecs.encode used outside a numpy scalar.')
   if isinstance(obj, dict):
-    return type(obj)((k, _materialize(v)) for k, v in obj.items())
+    return type(obj)((_finish(k), _finish(v)) for k, v in obj.items())
   if isinstance(obj, list):
-    return [_materialize(v) for v in obj]
+    return [_finish(v) for v in obj]
   if isinstance(obj, tuple):
-    return tuple(_materialize(v) for v in obj)
+    return tuple(_finish(v) for v in obj)
   return obj
 
 
@@ -257,8 +332,9 @@ def load(path: str | os.PathLike) -> Any:
 
   Raises:
     FileNotFoundError: `path` does not exist.
-    UnsafeCheckpointError: the pickle references a global other than tensors, storages and
-      `OrderedDict` (its name is in the message); nothing from the pickle is executed.
+    UnsafeCheckpointError: the pickle references a global other than tensors, storages,
+      `OrderedDict` and numeric numpy scalars (its name is in the message); nothing from the
+      pickle is executed.
     ValueError: the file is not a torch checkpoint, or a damaged one.
   """
   path = os.fspath(path)
