@@ -4,6 +4,7 @@
   python main.py --mode eval  --config configs/ve/cifar10.py --workdir runs/cifar10_ve
   python main.py --mode sample --config configs/ve/digits.py --workdir runs/digits_ve
   python main.py --mode fid_stats --config configs/ve/cifar10.py --workdir assets/stats
+  python main.py --mode export --config configs/ve/digits.py --workdir runs/digits_ve
 
 Config values are overridden on the command line: --config.training.batch_size=64.
 On several hosts, run the same command on each with --multihost.
@@ -24,8 +25,10 @@ USER_ERROR = 2
 config_flags.DEFINE_config_file('config', None, 'Training/evaluation config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, samples, logs.')
-flags.DEFINE_enum('mode', None, ['train', 'eval', 'sample', 'fid_stats', 'train_classifier'],
-                  'What to run.')
+flags.DEFINE_enum('mode', None,
+                  ['train', 'eval', 'sample', 'fid_stats', 'train_classifier', 'export'],
+                  'What to run (export: the newest checkpoint as safetensors + config.json '
+                  'in WORKDIR/export/step_<n>/).')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder under workdir for evaluation results.')
 flags.DEFINE_integer('max_steps', None, 'Stop training after this many steps (of this run).')
 flags.DEFINE_bool('multihost', False,
@@ -53,6 +56,9 @@ def run(mode, config, workdir, eval_folder='eval', max_steps=None):
     from scoresde_jax.run import stats  # pylint: disable=import-outside-toplevel
     os.makedirs(workdir, exist_ok=True)
     stats.compute_dataset_stats(config, os.path.join(workdir, stats.stats_filename(config)))
+  elif mode == 'export':
+    from scoresde_jax.run import pretrained  # pylint: disable=import-outside-toplevel
+    pretrained.export_run(config, workdir)
 
 
 def parse_flags(argv):

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde_jax import models, torch_pickle
+from scoresde_jax import errors, models, torch_pickle
 from scoresde_jax.models import ncsnv2
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,6 @@ def torch_state_dict_to_params(state_dict: Mapping[str, Any], model: nn.Module,
                        '(is this a score_sde_pytorch ncsnpp/ddpm state dict?).')
     by_module.setdefault(int(match.group(1)), {})[match.group(2)] = value
   torch_order = sorted(by_module)
-  if len(torch_order) != len(flax_order):
-    raise ValueError(f'The state dict has {len(torch_order)} modules with parameters, the '
-                     f'network built from this config has {len(flax_order)}: the config does '
-                     'not match the checkpoint.')
 
   params: dict[str, Any] = {}
   for index, flax_name in zip(torch_order, flax_order):
@@ -155,6 +151,14 @@ def torch_state_dict_to_params(state_dict: Mapping[str, Any], model: nn.Module,
                          f'match {flax_name} {leaf} {tuple(node[leaf].shape)}.')
       target[leaf] = jnp.asarray(array)
     params[flax_name] = out
+  # Checked after the walk: where the counts differ, the walk has usually stopped at the
+  # first module that does not fit, a more useful message than the counts.
+  if len(torch_order) != len(flax_order):
+    first = min(len(torch_order), len(flax_order))
+    extra = (f'all_modules.{torch_order[first]} has no counterpart' if len(torch_order) > first
+             else f'{flax_order[first]} has no counterpart in the state dict')
+    raise ValueError(f'The state dict has {len(torch_order)} modules with parameters, the '
+                     f'network {len(flax_order)} ({extra}).')
 
   missing = [jax.tree_util.keystr(path) for path, _ in
              jax.tree_util.tree_flatten_with_path(shapes)[0]
@@ -250,9 +254,10 @@ def torch_checkpoint_to_params(path: str, model: nn.Module, image_shape: Sequenc
   `step`) or a bare model state dict (then `use_ema` must be False).
 
   Raises:
-    FileNotFoundError: no file at `path`.
-    UnsafeCheckpointError: the pickle references more than tensors.
-    ValueError: not a torch checkpoint, or one that does not fit `model`.
+    errors.CheckpointNotFoundError: no file at `path`.
+    errors.UnsafeCheckpointError: the pickle references more than tensors.
+    errors.CheckpointError: not a torch checkpoint, or a damaged one.
+    ValueError: a checkpoint that does not fit `model`.
   """
   flat, _ = _read_torch_checkpoint(path)
   return _torch_flat_to_params(flat, model, image_shape, use_ema, path)
@@ -261,14 +266,15 @@ def torch_checkpoint_to_params(path: str, model: nn.Module, image_shape: Sequenc
 def _read_jax_state(path: str) -> dict:
   """The training `State` dict of an original score_sde (flax msgpack) checkpoint file."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'No checkpoint at {path!r}.')
+    raise errors.CheckpointNotFoundError(f'No checkpoint at {path!r}.')
   with open(path, 'rb') as f:
     try:
       state = flax.serialization.msgpack_restore(f.read())
     except Exception as e:  # msgpack raises several types on corrupt input
-      raise ValueError(f'{path!r} is not a flax msgpack checkpoint: {e}') from e
+      raise errors.CheckpointError(f'{path!r} is neither a torch .pth nor a readable flax '
+                                   f'msgpack checkpoint ({e}).') from e
   if not isinstance(state, dict):
-    raise ValueError(f'{path!r} does not hold a training State dict.')
+    raise errors.CheckpointError(f'{path!r} does not hold a training State dict.')
   return state
 
 
@@ -311,12 +317,13 @@ def read_checkpoint(path: str, model: nn.Module,
     Where a file holds only one set of weights (a bare PyTorch state dict), both trees are
     that set.
   Raises:
-    FileNotFoundError: no file at `path`.
-    UnsafeCheckpointError: a `.pth` whose pickle references more than tensors.
-    ValueError: not a checkpoint, or one that does not fit `model`.
+    errors.CheckpointNotFoundError: no file at `path`.
+    errors.UnsafeCheckpointError: a `.pth` whose pickle references more than tensors.
+    errors.CheckpointError: not a checkpoint, or a damaged one.
+    ValueError: a checkpoint that does not fit `model`.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'No checkpoint at {path!r}.')
+    raise errors.CheckpointNotFoundError(f'No checkpoint at {path!r}.')
   if torch_pickle.is_torch_file(path):
     flat, step = _read_torch_checkpoint(path)
     raw = _torch_flat_to_params(flat, model, image_shape, use_ema=False, path=path)
@@ -335,13 +342,14 @@ def read_checkpoint(path: str, model: nn.Module,
       log.warning('%s holds no optimizer.target; using the EMA weights as the raw ones.', path)
       raw = ema
     shapes, _ = _param_shapes(model, image_shape)
-    _check_tree(ema, shapes, path)
-    _check_tree(raw, shapes, path)
+    check_tree(ema, shapes)
+    check_tree(raw, shapes)
   return ema, raw, step
 
 
-def _check_tree(params: Params, shapes: Params, path: str):
-  """Raises ValueError naming the first differences between `params` and `shapes`."""
+def check_tree(params: Params, shapes: Params):
+  """Raises ValueError naming the first differences between `params` and `shapes` (a tree
+  of arrays or shape structs)."""
   got = {'/'.join(k): tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(params).items()}
   want = {'/'.join(k): tuple(v.shape)
           for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes)).items()}
@@ -350,6 +358,5 @@ def _check_tree(params: Params, shapes: Params, path: str):
   problems += [f'{k}: shape {got[k]} vs {want[k]}' for k in sorted(set(got) & set(want))
                if got[k] != want[k]]
   if problems:
-    raise ValueError(f'{path!r} does not fit the network of this config '
-                     f'({len(problems)} differences: {"; ".join(problems[:5])}'
-                     f'{" ..." if len(problems) > 5 else ""}). Is it the right config file?')
+    raise ValueError(f'{len(problems)} parameters do not fit: {"; ".join(problems[:5])}'
+                     f'{" ..." if len(problems) > 5 else ""}')

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from scoresde_jax.errors import UnsafeCheckpointError
+from scoresde_jax.errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
 
 # Storage classes a pickle may name (as the global `torch.<Name>`, inside the
 # persistent id of each storage) and the numpy dtype of their elements.
@@ -331,17 +331,17 @@ def load(path: str | os.PathLike) -> Any:
     contiguous copies.
 
   Raises:
-    FileNotFoundError: `path` does not exist.
+    CheckpointNotFoundError (a FileNotFoundError): `path` does not exist.
     UnsafeCheckpointError: the pickle references a global other than tensors, storages,
       `OrderedDict` and numeric numpy scalars (its name is in the message); nothing from the
       pickle is executed.
-    ValueError: the file is not a torch checkpoint, or a damaged one.
+    CheckpointError (a ValueError): the file is not a torch checkpoint, or a damaged one.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'No checkpoint file at {path!r}.')
+    raise CheckpointNotFoundError(f'No checkpoint file at {path!r}.')
   try:
-    if zipfile.is_zipfile(path):
+    if _starts_as_zip(path):  # a truncated zip fails in ZipFile with a clear reason
       with zipfile.ZipFile(path) as zf:
         return _load_zip(zf)
     with open(path, 'rb') as f:
@@ -351,7 +351,8 @@ def load(path: str | os.PathLike) -> Any:
   # What a damaged or foreign file makes the readers raise.
   except (pickle.UnpicklingError, EOFError, KeyError, TypeError, IndexError, ValueError,
           struct.error, zipfile.BadZipFile) as e:
-    raise ValueError(f'{path!r} is not a readable torch checkpoint: {e}') from e
+    raise CheckpointError(f'{path!r} is not a readable torch checkpoint ({e}); a download that '
+                          'stopped early, or not a torch.save file.') from e
 
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:
@@ -384,6 +385,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return flatten(load(path))
 
 
+def _starts_as_zip(path: str) -> bool:
+  """A zip archive's first local header: also there when a download stopped early and the
+  archive's directory at its end is missing."""
+  with open(path, 'rb') as f:
+    return f.read(4) == b'PK\x03\x04' or zipfile.is_zipfile(path)
+
+
 def is_torch_file(path: str | os.PathLike) -> bool:
   """True for a `torch.save` file (zip archive or legacy pickle stream), False otherwise.
 
@@ -394,7 +402,7 @@ def is_torch_file(path: str | os.PathLike) -> bool:
     FileNotFoundError: `path` does not exist.
   """
   path = os.fspath(path)
-  if zipfile.is_zipfile(path):
+  if _starts_as_zip(path):
     return True
   with open(path, 'rb') as f:
     head = f.read(2)

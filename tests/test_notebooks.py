@@ -8,8 +8,9 @@ kernel was this interpreter. The three run concurrently in one test, one kernel 
 its training and sampling run data-parallel. A cell error fails the test with the cell's
 traceback.
 
-The pretrained notebook imports tests/fixtures/ncsnpp_checkpoint.pth, a checkpoint saved by
-score_sde_pytorch's code in the official layout (see tests/test_convert.py), with its config.
+The pretrained notebook loads tests/fixtures/ref_ve_ncsnpp.pth, a checkpoint written by
+score_sde_pytorch's own training code (tests/fixtures/REFERENCE_CHECKPOINTS.md), with its
+config.
 """
 import ast
 import json
@@ -17,15 +18,15 @@ import math
 import os
 import sys
 
-import ml_collections
 import nbformat
 import numpy as np
 import pytest
 
 import notebook_utils as nu
+from run_utils import reference_checkpoint_config, write_config_file
 
 FIXTURES = os.path.join(nu.ROOT, 'tests', 'fixtures')
-CHECKPOINT = os.path.join(FIXTURES, 'ncsnpp_checkpoint.pth')
+CHECKPOINT = os.path.join(FIXTURES, 'ref_ve_ncsnpp.pth')
 CELL_TIMEOUT = 300  # seconds; a cell that hangs fails the test
 NOTEBOOKS = ('quickstart', 'pretrained', 'evaluate')
 
@@ -50,20 +51,10 @@ def parameter_names(nb):
 
 
 def fixture_config_file(path):
-  """A config file for the fixture checkpoint: its network and data settings (from the npz the
-  checkpoint's network was recorded with) inside the default CIFAR-10 training config."""
-  from configs.default_cifar10_configs import get_default_configs
-  with np.load(os.path.join(FIXTURES, 'ncsnpp_ddpmblock_fir_noconv.npz')) as f:
-    small = json.loads(str(f['config']))
-  config = get_default_configs().to_dict()
-  for section in ('model', 'data', 'training'):
-    config[section].update(small[section])
-  config['training'].update(sde='vesde')
-  config['sampling'].update(method='pc', predictor='reverse_diffusion', corrector='langevin')
-  config = ml_collections.ConfigDict(config)
-  with open(path, 'w') as f:
-    f.write('import json\n\nimport ml_collections\n\n\ndef get_config():\n'
-            f'  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n')
+  """A config file for the fixture checkpoint: the config its training run used."""
+  config = reference_checkpoint_config(os.path.basename(CHECKPOINT))
+  config.sampling.update(method='pc', predictor='reverse_diffusion', corrector='langevin')
+  write_config_file(path, config)
   return config
 
 
@@ -170,8 +161,8 @@ def check_quickstart(summary, nb, workdir):
 
 def check_pretrained(summary, nb, workdir):
   p = PRETRAINED
-  assert summary['step'] == 3  # the step the fixture's torch.save recorded
-  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
+  assert summary['step'] == 2  # the step the reference's save_checkpoint recorded
+  assert summary['source'] == 'pytorch'
   assert summary['num_scales'] == p['NUM_SCALES']
   assert summary['pc_nfe'] == 2 * p['NUM_SCALES'] == summary['inpaint_nfe']
   assert summary['fast_solver'] == 'dpm_solver_2m' and summary['fast_nfe'] == p['FAST_STEPS']

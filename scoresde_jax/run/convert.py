@@ -48,7 +48,27 @@ def read_checkpoint(config, checkpoint_path: str):
   except errors.UserError:
     raise
   except ValueError as e:  # the converter's checks of the file against the network
-    raise errors.CheckpointError(f'{checkpoint_path}: {e}') from e
+    raise errors.CheckpointError(f'{checkpoint_path} does not fit the network of the config '
+                                 f'({describe_network(config)}): {e}') from e
+
+
+def describe_network(config) -> str:
+  """The config keys that decide a network's parameter shapes, as one line."""
+  m, d = config.model, config.data
+  keys = [f'model.name={m.name}']
+  keys += [f'model.{k}={m[k]}' for k in ('nf', 'ch_mult', 'num_res_blocks', 'attn_resolutions',
+                                         'conditional') if k in m]
+  keys += [f'data.image_size={d.image_size}', f'data.num_channels={d.num_channels}']
+  return ', '.join(keys)
+
+
+def check_params(params, template_params, source: str):
+  """Raises errors.CheckpointError naming the first parameters of `params` (from `source`)
+  that do not fit `template_params` (the config's network, arrays or shape structs)."""
+  try:
+    convert.check_tree(params, template_params)
+  except ValueError as e:
+    raise errors.CheckpointError(f'{source} does not fit the network of the config: {e}') from e
 
 
 def import_checkpoint(config, checkpoint_path: str, workdir: str, step: int | None = None,
@@ -115,7 +135,7 @@ def import_checkpoint(config, checkpoint_path: str, workdir: str, step: int | No
   return state
 
 
-def _load_config(path: str):
+def load_config_file(path: str):
   """The config of a config file; configs inside a checkout's configs/ load with their defaults."""
   if not os.path.isfile(path):
     raise errors.ConfigError(f'Config file not found: {path!r}.')
@@ -174,7 +194,7 @@ def main(argv=None):
   if args.output is None and args.no_ema:
     parser.error('--no-ema applies to --output only (an import keeps both weight sets).')
   try:
-    config = _load_config(args.config)
+    config = load_config_file(args.config)
     if args.output is not None:
       ema, raw, _ = read_checkpoint(config, args.checkpoint)
       params = raw if args.no_ema else ema

@@ -8,8 +8,8 @@ import os
 import jax
 import numpy as np
 
-from scoresde_jax import checkpoints, errors, parallel
-from scoresde_jax.run import data, evaluate, files, images, setup
+from scoresde_jax import errors, parallel
+from scoresde_jax.run import data, evaluate, files, images, pretrained, setup
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +34,13 @@ def sample(config, workdir: str, eval_folder: str = 'eval', ckpt: int | None = N
   mesh = parallel.make_mesh()
   if num_samples < 1:
     raise errors.ConfigError(f'num_samples={num_samples} must be positive.')
-  sde = setup.get_sde(config)
-  model, template = setup.model_and_template(config)
-  if ckpt is not None:
-    step = evaluate.checkpoint_step(config, ckpt)
-    state = checkpoints.restore_snapshot(workdir, template, step)
-  else:
-    dirs = [os.path.join(workdir, d) for d in (checkpoints.SNAPSHOTS, checkpoints.PREEMPTION)]
-    if not any(os.path.isdir(d) for d in dirs):
-      raise errors.CheckpointNotFoundError(f'{workdir!r} holds no checkpoints (no {dirs[0]} or '
-                                           f'{dirs[1]}); train first with --mode train.')
-    manager = checkpoints.RunCheckpoints(workdir, asynchronous=False)
-    try:
-      state = manager.restore(template)
-    finally:
-      manager.close()
-    step = int(state.step)
+  step = None if ckpt is None else evaluate.checkpoint_step(config, ckpt)
+  model = pretrained.load(workdir, config, step=step)
+  step = model.step
   sampler = get_sampler(config, mesh, num_samples)
   batch = sampler.shape[0]
-  ema_params = jax.device_put(state.ema_params, parallel.replicated(mesh))
-  score_fn = setup.get_score_fn(config, sde, model, ema_params)
+  ema_params = jax.device_put(model.params, parallel.replicated(mesh))
+  score_fn = setup.get_score_fn(config, model.sde, model.model, ema_params)
   rng = jax.random.PRNGKey(config.seed + 2 if seed is None else seed)
   inverse_scaler = data.get_data_inverse_scaler(config)
   out, nfe = [], None
