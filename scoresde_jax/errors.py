@@ -55,6 +55,11 @@ class WeightsError(UserError, FileNotFoundError):
   """Network weights (the Inception weights for FID) that are missing or unreadable."""
 
 
+class WeightsMismatchError(WeightsError, ValueError):
+  """A weights file whose content is not the expected network's: another network (the
+  message names the first tensor that does not fit) or a corrupt download."""
+
+
 class StatsNotFoundError(UserError, FileNotFoundError):
   """No reference statistics for FID: `--mode fid_stats` has to run first."""
 

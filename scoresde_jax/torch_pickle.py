@@ -207,11 +207,14 @@ def _storage_spec(pid) -> tuple[_StorageType, str, int]:
   return storage_type, str(key), int(numel)
 
 
-def _load_zip(zf: zipfile.ZipFile) -> Any:
+def read_zip_pickle(zf: zipfile.ZipFile, unpickler=None) -> Any:
+  """The object of a torch zip archive's `<dir>/data.pkl`, read by `unpickler` (default: the
+  restricted one of this module; TorchScript archives subclass it), storages from
+  `<dir>/data/<key>`. Stand-ins are left as they are (`_finish` resolves them)."""
   names = zf.namelist()
   pkl = [n for n in names if n.endswith('data.pkl') and n.count('/') == 1]
   if len(pkl) != 1:
-    raise ValueError(f'not a torch zip checkpoint: expected one <dir>/data.pkl, got {pkl}')
+    raise ValueError(f'not a torch zip archive: expected one <dir>/data.pkl, got {pkl}')
   prefix = pkl[0][:-len('data.pkl')]
   byteorder = 'little'
   if prefix + 'byteorder' in names:
@@ -231,7 +234,7 @@ def _load_zip(zf: zipfile.ZipFile) -> Any:
     return storage
 
   with zf.open(pkl[0]) as f:
-    return _finish(_RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load())
+    return (unpickler or _RestrictedUnpickler)(io.BytesIO(f.read()), load_storage).load()
 
 
 # Legacy (torch < 1.6 default) stream format: magic, protocol, sys_info pickles, the
@@ -343,7 +346,7 @@ def load(path: str | os.PathLike) -> Any:
   try:
     if _starts_as_zip(path):  # a truncated zip fails in ZipFile with a clear reason
       with zipfile.ZipFile(path) as zf:
-        return _load_zip(zf)
+        return _finish(read_zip_pickle(zf))
     with open(path, 'rb') as f:
       return _load_legacy(f)
   except UnsafeCheckpointError:
