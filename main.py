@@ -3,6 +3,8 @@
   python main.py --mode train --config configs/ve/digits.py --workdir runs/digits_ve
   python main.py --mode eval  --config configs/ve/cifar10.py --workdir runs/cifar10_ve
   python main.py --mode sample --config configs/ve/digits.py --workdir runs/digits_ve
+  python main.py --mode sample --config configs/ve/cifar10_ncsnpp_continuous.py \
+      --checkpoint checkpoint_24.pth --num_samples 1000 --workdir runs/official
   python main.py --mode fid_stats --config configs/ve/cifar10.py --workdir assets/stats
   python main.py --mode export --config configs/ve/digits.py --workdir runs/digits_ve
 
@@ -31,6 +33,11 @@ flags.DEFINE_enum('mode', None,
                   'in WORKDIR/export/step_<n>/).')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder under workdir for evaluation results.')
 flags.DEFINE_integer('max_steps', None, 'Stop training after this many steps (of this run).')
+flags.DEFINE_integer('num_samples', 64, '--mode sample: how many samples to write.')
+flags.DEFINE_string('checkpoint', None,
+                    '--mode sample: sample from this instead of the newest checkpoint of '
+                    '--workdir: an official .pth or JAX checkpoint file (of --config), a '
+                    'diffusers model folder, an export or another run directory.')
 flags.DEFINE_bool('multihost', False,
                   'Join the other hosts of the job first (jax.distributed.initialize(), which '
                   'finds them on Cloud TPU, SLURM, Open MPI and Kubernetes; elsewhere set '
@@ -39,7 +46,8 @@ flags.DEFINE_bool('multihost', False,
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 
-def run(mode, config, workdir, eval_folder='eval', max_steps=None):
+def run(mode, config, workdir, eval_folder='eval', max_steps=None, num_samples=64,
+        checkpoint=None):
   if mode == 'train':
     from scoresde_jax.run import train  # pylint: disable=import-outside-toplevel
     train.train(config, workdir, max_steps=max_steps)
@@ -51,7 +59,7 @@ def run(mode, config, workdir, eval_folder='eval', max_steps=None):
     evaluate.evaluate(config, workdir, eval_folder)
   elif mode == 'sample':
     from scoresde_jax.run import sample  # pylint: disable=import-outside-toplevel
-    sample.sample(config, workdir, eval_folder)
+    sample.sample(config, workdir, eval_folder, num_samples=num_samples, checkpoint=checkpoint)
   elif mode == 'fid_stats':
     from scoresde_jax.run import stats  # pylint: disable=import-outside-toplevel
     os.makedirs(workdir, exist_ok=True)
@@ -109,7 +117,8 @@ def main(argv):
     _join_hosts()
   from scoresde_jax import errors  # pylint: disable=import-outside-toplevel
   try:
-    run(FLAGS.mode, config, FLAGS.workdir, FLAGS.eval_folder, FLAGS.max_steps)
+    run(FLAGS.mode, config, FLAGS.workdir, FLAGS.eval_folder, FLAGS.max_steps,
+        FLAGS.num_samples, FLAGS.checkpoint)
   except errors.UserError as e:
     if os.environ.get('SCORESDE_DEBUG'):
       raise

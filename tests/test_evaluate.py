@@ -254,6 +254,10 @@ def test_sample_mode_writes_grid_and_npz(run):
   from PIL import Image
   with Image.open(out['png']) as im:
     assert im.size[0] > 8 and im.size[1] > 8
+  # One PNG per sample, the pixels of the .npz (what the FID command reads).
+  assert sorted(os.listdir(out['folder'])) == [f'{i:06d}.png' for i in range(6)]
+  with np.load(out['npz']) as f, Image.open(os.path.join(out['folder'], '000005.png')) as im:
+    np.testing.assert_array_equal(np.asarray(im), f['samples'][5, ..., 0])
 
 
 def test_paper_table1_sweep():

@@ -155,6 +155,42 @@ def test_statistics_from_png_folder(parity, tmp_path):
   assert loaded['logits'].shape == (4, 1008)
 
 
+def test_fid_command_on_folders_sample_files_and_statistics(parity, tmp_path, monkeypatch):
+  """Image folders, sample .npz files and statistics files give the same statistics, so one
+  FID in any mix (one batch of 3 per side: the program compiled above)."""
+  from PIL import Image
+  images = parity['images_small'].round().astype(np.uint8)  # 3 images, 32x32
+  sides = {'a': images, 'b': np.concatenate([images[:1, :, ::-1], 255 - images[1:]])}
+  for name, pixels in sides.items():
+    os.makedirs(tmp_path / name)
+    for i, im in enumerate(pixels):
+      Image.fromarray(im).save(tmp_path / name / f'{i:03d}.png')
+    np.savez(tmp_path / f'{name}_samples.npz', samples=pixels)
+  monkeypatch.setattr(fid.weights_lib, 'load_inception', lambda *_: parity['variables'])
+  path = lambda name, kind='': str(tmp_path / (name + kind))
+  fid.main([path('a'), '--save_stats', path('a', '_stats.npz'), '--batch_size', '3'])
+  variables = lambda: parity['variables']
+  saved = fid.load_side(path('a', '_stats.npz'), variables)
+  for other in (fid.load_side(path('a'), variables),
+                fid.load_side(path('a', '_samples.npz'), variables)):
+    np.testing.assert_array_equal(other['mu'], saved['mu'])
+    np.testing.assert_array_equal(other['sigma'], saved['sigma'])
+  b = fid.load_side(path('b'), variables)
+  got = fid.main([path('a', '_stats.npz'), path('b', '_samples.npz'), '--batch_size', '3'])
+  assert got['fid'] == metrics.frechet_distance(saved['mu'], saved['sigma'], b['mu'], b['sigma'])
+  assert got['fid'] > 1.0
+  # Sample files under another key, or of the wrong kind: one line naming what is expected.
+  np.savez(tmp_path / 'wrong_key.npz', pictures=sides['a'])
+  with pytest.raises(ValueError, match=r"neither images \(one of \['samples'.*keys: \['pictures'\]"):
+    fid.main([str(tmp_path / 'wrong_key.npz'), path('a', '_stats.npz')])
+  np.savez(tmp_path / 'floats.npz', samples=sides['a'] / 255.0)
+  with pytest.raises(ValueError, match='expected uint8 images'):
+    fid.main([str(tmp_path / 'floats.npz'), path('a', '_stats.npz')])
+  np.savez(tmp_path / 'flat.npz', samples=sides['a'].reshape(3, -1))
+  with pytest.raises(ValueError, match=r'shape \(3, 3072\)'):
+    fid.main([str(tmp_path / 'flat.npz'), path('a', '_stats.npz')])
+
+
 def test_folder_with_mixed_sizes_is_rejected(tmp_path):
   from PIL import Image
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'a.png')

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import main
 from run_utils import (REFERENCE_CHECKPOINTS, leaves_equal, reference_checkpoint_config,
@@ -100,10 +101,19 @@ def test_imported_reference_checkpoint_runs_sample_eval_and_export(tmp_path):
   run_convert.main(['--config', config_file, '--checkpoint', os.path.join(FIXTURES, name),
                     '--workdir', workdir])
   loaded = pretrained.load(os.path.join(FIXTURES, name), config)
-  main.run('sample', config, workdir)
+  main.run('sample', config, workdir, num_samples=6)
   with np.load(os.path.join(workdir, 'eval', 'samples_step_2.npz')) as f:
     samples = f['samples']
-  assert samples.shape == (64, 8, 8, 3) and samples.dtype == np.uint8 and samples.std() > 0
+  assert samples.shape == (6, 8, 8, 3) and samples.dtype == np.uint8 and samples.std() > 0
+  pngs = sorted(os.listdir(os.path.join(workdir, 'eval', 'samples_step_2')))
+  assert pngs == [f'{i:06d}.png' for i in range(6)]
+  with Image.open(os.path.join(workdir, 'eval', 'samples_step_2', pngs[-1])) as im:
+    np.testing.assert_array_equal(np.asarray(im), samples[-1])
+  # Straight from the official file, no import: the same samples.
+  direct = str(tmp_path / 'direct')
+  main.run('sample', config, direct, num_samples=6, checkpoint=os.path.join(FIXTURES, name))
+  with np.load(os.path.join(direct, 'eval', 'samples_step_2.npz')) as f:
+    np.testing.assert_array_equal(f['samples'], samples)
   main.run('eval', config, workdir)
   result = results.read_json(results.ckpt_json(os.path.join(workdir, 'eval'), 2))
   assert result['step'] == 2

@@ -5,7 +5,8 @@ Library:
   compute_statistics(batches, variables, path=None) -> {'mu', 'sigma', 'pool_3', 'logits'}
   image_folder_batches(folder, batch_size) -> iterator of uint8 [B, H, W, 3]
 
-Command line (A, B: folders of images, or `.npz` statistics / activations files):
+Command line (A, B: folders of images, sample `.npz` files (uint8 images under `samples`, as
+`--mode sample` writes them, or `arr_0`), or `.npz` statistics / activations files):
   python -m scoresde_jax.evaluation.fid A B [--batch_size 250] [--inception_weights PTH]
       [--cache_dir DIR] [--save_stats OUT.npz] [--kid] [--is_splits 10]
 prints FID, and KID when both sides have raw activations, and the Inception Score of
@@ -127,21 +128,53 @@ def image_folder_batches(folder: str | os.PathLike, batch_size: int = 250) -> It
     yield np.stack(images)
 
 
-def _load_side(path: str, variables_fn, batch_size: int) -> dict[str, Any]:
+# Keys under which sample files hold their images: this project's `--mode sample`
+# (`samples`), `np.savez(path, images)` (`arr_0`, as guided-diffusion and EDM write them).
+SAMPLE_KEYS = ('samples', 'arr_0', 'images')
+_STATS_KEYS = ('mu', 'pool_3')
+
+
+def sample_file_batches(path: str | os.PathLike, batch_size: int = 250) -> Iterator[np.ndarray]:
+  """Yields uint8 `[B, H, W, 3]` batches of a sample `.npz` (uint8 `[N, H, W, C]`, C = 1 or 3,
+  under one of SAMPLE_KEYS; gray images are repeated to RGB)."""
+  path = os.fspath(path)
+  with np.load(path, allow_pickle=False) as f:
+    keys = [k for k in SAMPLE_KEYS if k in f.files]
+    if not keys:
+      raise ValueError(f'{path} holds neither images (one of {list(SAMPLE_KEYS)}) nor '
+                       f'statistics (mu/sigma or pool_3); its keys: {sorted(f.files)}.')
+    images = f[keys[0]]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f'{path}: {keys[0]!r} has dtype {images.dtype} and shape {images.shape}; '
+                     'expected uint8 images [N, H, W, C] with C = 1 or 3.')
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  return (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+
+
+def load_side(path: str, variables_fn, batch_size: int = 250) -> dict[str, Any]:
+  """Statistics of one side of the FID command: an image folder, a sample `.npz` (images) or
+  a statistics `.npz` (mu/sigma or pool_3). `variables_fn()` gives the Inception variables,
+  called only where images have to go through the network."""
   if os.path.isdir(path):
     return compute_statistics(image_folder_batches(path, batch_size), variables_fn())
-  if path.endswith('.npz'):
-    return metrics.load_statistics(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path!r} does not exist (expected an image folder or .npz).')
-  raise ValueError(f'{path!r} is neither a folder of images nor a .npz statistics file.')
+  if not path.endswith('.npz'):
+    raise ValueError(f'{path!r} is neither a folder of images nor a .npz file.')
+  with np.load(path, allow_pickle=False) as f:
+    is_stats = any(k in f.files for k in _STATS_KEYS)
+  if is_stats:
+    return metrics.load_statistics(path)
+  return compute_statistics(sample_file_batches(path, batch_size), variables_fn())
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
   parser = argparse.ArgumentParser(
       prog='python -m scoresde_jax.evaluation.fid',
       description='FID (and KID / Inception Score) with the TF 2015-12-05 Inception.')
-  parser.add_argument('paths', nargs='+', help='one or two image folders or .npz files')
+  parser.add_argument('paths', nargs='+', help='one or two image folders, sample .npz files '
+                      '(uint8 images) or statistics .npz files')
   parser.add_argument('--batch_size', type=int, default=250)
   parser.add_argument('--inception_weights', default=None,
                       help=f'pytorch-fid .pth (default ${weights_lib.INCEPTION_WEIGHTS_ENV} or '
@@ -161,16 +194,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return cached['v']
 
   if args.save_stats is not None:
-    if len(args.paths) != 1 or not os.path.isdir(args.paths[0]):
-      parser.error('--save_stats takes exactly one image folder')
-    stats = compute_statistics(image_folder_batches(args.paths[0], args.batch_size),
-                               variables_fn(), path=args.save_stats)
+    if len(args.paths) != 1:
+      parser.error('--save_stats takes exactly one image folder or sample file')
+    path = args.paths[0]
+    batches = (image_folder_batches(path, args.batch_size) if os.path.isdir(path)
+               else sample_file_batches(path, args.batch_size))
+    stats = compute_statistics(batches, variables_fn(), path=args.save_stats)
     print(f'Wrote statistics of {stats["pool_3"].shape[0]} images to {args.save_stats}')
     return {}
   if len(args.paths) != 2:
     parser.error('give two paths (image folders or .npz files)')
 
-  a, b = (_load_side(p, variables_fn, args.batch_size) for p in args.paths)
+  a, b = (load_side(p, variables_fn, args.batch_size) for p in args.paths)
   results = {'fid': metrics.frechet_distance(a['mu'], a['sigma'], b['mu'], b['sigma'])}
   print(f'FID: {results["fid"]:.6f}')
   if 'pool_3' in a and 'pool_3' in b:

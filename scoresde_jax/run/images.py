@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 
 import numpy as np
 from PIL import Image
@@ -41,6 +42,16 @@ def save_grid(images, path: str, nrow: int | None = None, scale: int = 1):
   buffer = io.BytesIO()
   image.save(buffer, format='PNG')
   files.write_atomic(path, buffer.getvalue())
+
+
+def save_pngs(pixels: np.ndarray, folder: str):
+  """Writes `pixels: uint8 [N, H, W, C]` as FOLDER/000000.png, ... (each atomically), the
+  layout the FID command and other evaluators read."""
+  os.makedirs(folder, exist_ok=True)
+  for i, image in enumerate(np.asarray(pixels)):
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format='PNG')
+    files.write_atomic(os.path.join(folder, f'{i:06d}.png'), buffer.getvalue())
 
 
 def save_trajectory(trajectory, path: str, num_samples: int = 8, scale: int = 1):
