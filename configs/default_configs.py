@@ -17,6 +17,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.n_jitted_steps = 5
   training.continuous = True
   training.likelihood_weighting = False
+  # With likelihood_weighting: t drawn from q(t) ~ g(t)^2 / std(t)^2, weighted by u(t) / q(t)
+  # (Song et al. 2021, maximum likelihood training). Not in the reference's configs.
+  training.importance_weighting = False
   training.reduce_mean = False
   training.log_freq = 50
   training.eval_freq = 100
@@ -43,6 +46,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.bpd_dataset = 'test'
   evaluate.bpd_num_repeats = 5
   evaluate.is_splits = 10
+  # How images are resized and scaled for Inception (evaluation.inception.PREPROCESSING):
+  # 'pytorch_fid' (bilinear, half-pixel centers), 'tf' (the TF graph's legacy bilinear, as
+  # TTUR's FID) or 'clean_fid' (PIL bicubic, antialiased). The reference statistics must
+  # have been made with the same one (`--mode fid_stats` records it).
+  evaluate.inception_preprocessing = 'pytorch_fid'
   # FID reference statistics (`--mode fid_stats` writes them); '' = look in the default places.
   evaluate.stats_path = ''
   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth; '' = $SCORESDE_INCEPTION_WEIGHTS or cache.

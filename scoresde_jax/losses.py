@@ -32,17 +32,25 @@ def _per_example(losses, reduce_mean):
 
 def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, continuous: bool = True,
                     reduce_mean: bool = True, likelihood_weighting: bool = False,
-                    eps: float = 1e-5):
+                    eps: float = 1e-5, importance_weighting: bool = False):
   """Denoising score matching over t ~ U(eps, T).
 
   Weighting lambda(t) = std(t)^2 (the paper's) by default: E |std * score + z|^2; with
   `likelihood_weighting`, lambda(t) = g(t)^2 (Song et al. 2021, maximum likelihood training):
-  E g^2 |score + z / std|^2.
+  E g^2 |score + z / std|^2. `importance_weighting` (with `likelihood_weighting`) draws t
+  from q(t) ~ g^2 / std^2 instead and weights each term by u(t) / q(t): the same
+  expectation with a much smaller variance (`sde_lib.importance_sampled_times`).
   """
+  if importance_weighting and not likelihood_weighting:
+    raise ValueError('importance_weighting samples t for the likelihood weighting; it needs '
+                     'likelihood_weighting=True.')
 
   def loss_fn(params, batch, rng):
     t_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
-    t = jax.random.uniform(t_rng, (batch.shape[0],), minval=eps, maxval=sde.T)
+    if importance_weighting:
+      t, weights = sde_lib.importance_sampled_times(sde, t_rng, (batch.shape[0],), eps)
+    else:
+      t = jax.random.uniform(t_rng, (batch.shape[0],), minval=eps, maxval=sde.T)
     z = jax.random.normal(z_rng, batch.shape, batch.dtype)
     mean, std = sde.marginal_prob(batch, t)
     perturbed = mean + batch_mul(std, z)
@@ -51,6 +59,8 @@ def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, continuous: bool = True
     if likelihood_weighting:
       g2 = sde.sde(jnp.zeros_like(batch), t)[1] ** 2
       losses = _per_example(jnp.square(score + batch_mul(1.0 / std, z)), reduce_mean) * g2
+      if importance_weighting:
+        losses = losses * weights
     else:
       losses = _per_example(jnp.square(batch_mul(std, score) + z), reduce_mean)
     return jnp.mean(losses)
@@ -96,11 +106,12 @@ def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, apply_fn: ApplyFn, reduce_mean: bool 
 
 
 def get_loss_fn(sde, apply_fn, continuous=True, reduce_mean=False, likelihood_weighting=False,
-                eps=1e-5):
+                eps=1e-5, importance_weighting=False):
   """The paper's objective for `sde`: continuous DSM, or SMLD / DDPM when not continuous."""
   if continuous:
-    return get_sde_loss_fn(sde, apply_fn, True, reduce_mean, likelihood_weighting, eps)
-  if likelihood_weighting:
+    return get_sde_loss_fn(sde, apply_fn, True, reduce_mean, likelihood_weighting, eps,
+                           importance_weighting)
+  if likelihood_weighting or importance_weighting:
     raise ValueError('Likelihood weighting needs continuous training (config.training.continuous).')
   if isinstance(sde, sde_lib.VESDE):
     return get_smld_loss_fn(sde, apply_fn, reduce_mean)

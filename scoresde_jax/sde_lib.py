@@ -56,6 +56,18 @@ class SDE:
     """Log-density of the prior p_T at `z: [B, ...]`, shape [B]."""
     raise NotImplementedError
 
+  def log_noise_to_signal(self, t):
+    """lambda(t) = log(std(t)^2 / mean_coeff(t)^2), increasing in t.
+
+    Its derivative is g(t)^2 / std(t)^2 for all three SDEs here, the density (up to a
+    constant) that likelihood-weighted training draws t from (`importance_sampled_times`).
+    """
+    raise NotImplementedError
+
+  def time_at_log_noise_to_signal(self, lam):
+    """The inverse of `log_noise_to_signal`."""
+    raise NotImplementedError
+
   def discretize(self, x, t):
     """One step x_{i+1} = x_i + f_i(x_i) + G_i z_i of the discretized SDE.
 
@@ -154,6 +166,12 @@ class _LinearBetaSchedule(SDE):
   def prior_logp(self, z):
     return _standard_normal_logp(z, 1.0)
 
+  def _time_at_integral(self, m):
+    """t with int_0^t beta = m: the positive root of m = beta_min t + (beta_max - beta_min)
+    t^2 / 2, written without the cancellation of the textbook formula at small m."""
+    b0, db = self.beta_min, self.beta_max - self.beta_min
+    return 2.0 * m / (b0 + jnp.sqrt(b0**2 + 2.0 * db * m))
+
 
 @dataclasses.dataclass(frozen=True)
 class VPSDE(_LinearBetaSchedule):
@@ -173,6 +191,13 @@ class VPSDE(_LinearBetaSchedule):
   def marginal_prob(self, x, t):
     lmc = self.log_mean_coeff(t)
     return batch_mul(jnp.exp(lmc), x), jnp.sqrt(-jnp.expm1(2.0 * lmc))
+
+  def log_noise_to_signal(self, t):
+    # std^2 / mean^2 = (1 - e^{-m}) / e^{-m} = e^m - 1, m = int_0^t beta.
+    return jnp.log(jnp.expm1(-2.0 * self.log_mean_coeff(t)))
+
+  def time_at_log_noise_to_signal(self, lam):
+    return self._time_at_integral(jax.nn.softplus(lam))
 
   def discretize(self, x, t):
     """DDPM: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
@@ -198,6 +223,16 @@ class subVPSDE(_LinearBetaSchedule):
   def marginal_prob(self, x, t):
     lmc = self.log_mean_coeff(t)
     return batch_mul(jnp.exp(lmc), x), -jnp.expm1(2.0 * lmc)
+
+  def log_noise_to_signal(self, t):
+    # std^2 / mean^2 = (1 - e^{-m})^2 / e^{-m}: log = m + 2 log(1 - e^{-m}).
+    m = -2.0 * self.log_mean_coeff(t)
+    return m + 2.0 * jnp.log(-jnp.expm1(-m))
+
+  def time_at_log_noise_to_signal(self, lam):
+    # With w = e^m: (w - 1)^2 / w = e^lam, so w - 1 = e^lam / 2 + sqrt(e^lam + e^{2 lam} / 4).
+    half = 0.5 * jnp.exp(lam)
+    return self._time_at_integral(jnp.log1p(half + jnp.sqrt(2.0 * half + half**2)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +265,12 @@ class VESDE(SDE):
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape) * self.sigma_max
 
+  def log_noise_to_signal(self, t):
+    return 2.0 * (math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min))
+
+  def time_at_log_noise_to_signal(self, lam):
+    return (0.5 * lam - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+
   def prior_logp(self, z):
     return _standard_normal_logp(z, self.sigma_max)
 
@@ -252,6 +293,31 @@ def get_sde(name: str, **kwargs) -> SDE:
   except KeyError:
     raise ValueError(f'Unknown SDE {name!r}; expected one of {sorted(SDES)}.') from None
   return cls(**kwargs)
+
+
+def importance_times(sde: SDE, u, eps: float = 1e-5):
+  """(t, w): the times with CDF value `u` (in [0, 1]) under q(t) proportional to
+  g(t)^2 / std(t)^2 on [eps, T], and the weights w(t) = u(t) / q(t) for the uniform density
+  u = 1 / (T - eps), so that E_q[w(t) f(t)] = E_u[f(t)].
+
+  Song et al. 2021 (maximum likelihood training): with the likelihood weighting g(t)^2,
+  drawing t from q removes the weighting's 1 / std(t)^2 blow-up near t = 0. q's CDF is
+  affine in `log_noise_to_signal`, so t is its inverse at an affine map of u. For VE, q is
+  uniform and the weights are 1.
+  """
+  u = jnp.asarray(u)
+  dtype = jnp.promote_types(u.dtype, jnp.float32)
+  lo = sde.log_noise_to_signal(jnp.asarray(eps, dtype))
+  hi = sde.log_noise_to_signal(jnp.asarray(sde.T, dtype))
+  t = jnp.clip(sde.time_at_log_noise_to_signal(lo + u * (hi - lo)), eps, sde.T)
+  _, std = sde.marginal_prob(jnp.zeros_like(t), t)
+  g2 = sde.sde(jnp.zeros_like(t), t)[1] ** 2
+  return t, (hi - lo) / ((sde.T - eps) * g2 / std**2)
+
+
+def importance_sampled_times(sde: SDE, rng, shape, eps: float = 1e-5):
+  """`importance_times` at uniform draws: t ~ q(t) and its weights, each of `shape`."""
+  return importance_times(sde, jax.random.uniform(rng, shape), eps)
 
 
 def sampling_eps(sde: SDE) -> float:

@@ -91,7 +91,8 @@ def get_loss_fn(config, sde, model, train: bool):
   with errors.config_errors(where='config.training'):
     return losses.get_loss_fn(sde, get_apply_fn(model, train), continuous=bool(t.continuous),
                               reduce_mean=bool(t.reduce_mean),
-                              likelihood_weighting=bool(t.likelihood_weighting))
+                              likelihood_weighting=bool(t.likelihood_weighting),
+                              importance_weighting=bool(t.get('importance_weighting', False)))
 
 
 def get_score_fn(config, sde, model, params):
