@@ -72,12 +72,16 @@ def get_architecture(name: str) -> type[nn.Module]:
 
 def init_params(model: nn.Module, rng: jax.Array, image_shape: Sequence[int],
                 batch_size: int = 1) -> dict:
-  """float32 parameters of a score network for images of `image_shape` = (H, W, C)."""
+  """float32 parameters of a score network for images of `image_shape` = (H, W, C).
+
+  One compiled program: run eagerly, every initializer of every layer is its own small
+  XLA compilation (hundreds, most of the start-up time of a small run on a CPU).
+  """
   params_rng, dropout_rng = jax.random.split(rng)
   x = jnp.zeros((batch_size, *image_shape), jnp.float32)
   labels = jnp.zeros((batch_size,), jnp.int32)
-  return model.init({'params': params_rng, 'dropout': dropout_rng}, x, labels,
-                    train=False)['params']
+  init = jax.jit(lambda rngs, x, labels: model.init(rngs, x, labels, train=False)['params'])
+  return init({'params': params_rng, 'dropout': dropout_rng}, x, labels)
 
 
 def get_model_fn(model, params, train: bool = False, rng=None) -> ModelFn:

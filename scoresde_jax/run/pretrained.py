@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from scoresde_jax import checkpoints, errors, sde_lib, torch_pickle
-from scoresde_jax.run import convert, data, files, loop, setup
+from scoresde_jax.run import convert, data, files, loop, networks, setup
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _read_config_json(directory: str) -> ml_collections.ConfigDict:
 
 def _ready(config, params, raw_params, step, source) -> Pretrained:
   sde = setup.get_sde(config)
-  model = setup.networks.get_model(config)
+  model = networks.get_model(config)
   return Pretrained(config=config, model=model, params=params, raw_params=raw_params, sde=sde,
                     score_fn=setup.get_score_fn(config, sde, model, params), step=step,
                     source=source)
@@ -143,9 +143,9 @@ def _load_export(directory: str, config) -> Pretrained:
   ema = _read_safetensors(os.path.join(directory, EMA_FILE), template.params)
   raw_path = os.path.join(directory, RAW_FILE)
   raw = _read_safetensors(raw_path, template.params) if os.path.isfile(raw_path) else ema
-  with open(os.path.join(directory, EMA_FILE), 'rb') as f:
-    header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
-  step = header.get('__metadata__', {}).get('step')
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+  with safe_open(os.path.join(directory, EMA_FILE), 'np') as f:
+    step = (f.metadata() or {}).get('step')
   return _ready(config, ema, raw, None if step is None else int(step), 'export')
 
 
