@@ -1,17 +1,23 @@
 """Inception activations / statistics for image batches, and the FID command line.
 
 Library:
-  compute_activations(batches, variables) -> {'pool_3': [N, 2048], 'logits': [N, 1008]}
-  compute_statistics(batches, variables, path=None) -> {'mu', 'sigma', 'pool_3', 'logits'}
+  compute_activations(batches, variables, preprocessing='pytorch_fid')
+      -> {'pool_3': [N, 2048], 'logits': [N, 1008]}
+  compute_statistics(batches, variables, path=None, preprocessing='pytorch_fid')
+      -> {'mu', 'sigma', 'pool_3', 'logits', 'preprocessing'}
   image_folder_batches(folder, batch_size) -> iterator of uint8 [B, H, W, 3]
 
 Command line (A, B: folders of images, sample `.npz` files (uint8 images under `samples`, as
 `--mode sample` writes them, or `arr_0`), or `.npz` statistics / activations files):
   python -m scoresde_jax.evaluation.fid A B [--batch_size 250] [--inception_weights PTH]
       [--cache_dir DIR] [--save_stats OUT.npz] [--kid] [--is_splits 10]
+      [--preprocessing {pytorch_fid,tf,clean_fid}]
 prints FID, and KID when both sides have raw activations, and the Inception Score of
 each side whose logits are known. `--save_stats OUT.npz` with a single folder A writes
 its statistics instead (`python -m scoresde_jax.evaluation.fid A --save_stats OUT`).
+`--preprocessing` (default pytorch_fid; see `inception.PREPROCESSING`) is how images are
+resized and scaled for the network; statistics files record theirs, and two sides made
+with different preprocessing are refused (their FID would measure the resize).
 """
 from __future__ import annotations
 
@@ -33,7 +39,9 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
 def compute_activations(batches: Iterable[Any], variables: Any | None = None, *,
                         mesh=None, max_samples: int | None = None,
-                        check_range: bool = True) -> dict[str, np.ndarray]:
+                        check_range: bool = True,
+                        preprocessing: str = inception.DEFAULT_PREPROCESSING,
+                        ) -> dict[str, np.ndarray]:
   """Runs the FID Inception over an iterable of image batches.
 
   Args:
@@ -46,10 +54,13 @@ def compute_activations(batches: Iterable[Any], variables: Any | None = None, *,
       batch does not trigger a recompilation.
     max_samples: stop after this many images (the last batch is truncated).
     check_range: validate pixel ranges on the host (see `inception.check_images`).
+    preprocessing: one of `inception.PREPROCESSING` ('pytorch_fid', 'tf', 'clean_fid'):
+      the resize and scaling of the FID implementation to reproduce.
 
   Returns:
     `{'pool_3': [N, 2048], 'logits': [N, 1008]}` float32 numpy arrays.
   """
+  preprocessing = inception.check_preprocessing(preprocessing)
   if variables is None:
     variables = weights_lib.load_inception()
   mesh = parallel.make_mesh() if mesh is None else mesh
@@ -69,7 +80,8 @@ def compute_activations(batches: Iterable[Any], variables: Any | None = None, *,
     padded_size = b if padded_size is None else max(padded_size, b)
     if b < padded_size:  # Same shape as before: reuse the compiled program.
       batch = np.concatenate([batch, np.repeat(batch[-1:], padded_size - b, axis=0)])
-    out = inception.sharded_features(variables, batch, mesh=mesh, check_range=False)
+    out = inception.sharded_features(variables, batch, mesh=mesh, check_range=False,
+                                     preprocessing=preprocessing)
     pools.append(out['pool_3'][:b])
     logits.append(out['logits'][:b])
     n += b
@@ -81,18 +93,21 @@ def compute_activations(batches: Iterable[Any], variables: Any | None = None, *,
 
 
 def compute_statistics(batches: Iterable[Any], variables: Any | None = None,
-                       path: str | os.PathLike | None = None, **kwargs) -> dict[str, np.ndarray]:
+                       path: str | os.PathLike | None = None, *,
+                       preprocessing: str = inception.DEFAULT_PREPROCESSING,
+                       **kwargs) -> dict[str, Any]:
   """`compute_activations`, then mu / sigma; saved to `path` (npz) when given.
 
   Returns `{'mu': [2048] f64, 'sigma': [2048, 2048] f64, 'pool_3': [N, 2048],
-  'logits': [N, 1008]}`; the file holds the same keys (readable by pytorch-fid and
-  score_sde, see `metrics.save_statistics`).
+  'logits': [N, 1008], 'preprocessing': str}`; the file holds the same keys (readable by
+  pytorch-fid and score_sde, see `metrics.save_statistics`).
   """
-  acts = compute_activations(batches, variables, **kwargs)
+  acts = compute_activations(batches, variables, preprocessing=preprocessing, **kwargs)
   if path is not None:
-    return metrics.save_statistics(path, acts['pool_3'], acts['logits'])
+    return metrics.save_statistics(path, acts['pool_3'], acts['logits'],
+                                   preprocessing=preprocessing)
   mu, sigma = metrics.activation_statistics(acts['pool_3'])
-  return {'mu': mu, 'sigma': sigma, **acts}
+  return {'mu': mu, 'sigma': sigma, **acts, 'preprocessing': preprocessing}
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
@@ -152,12 +167,15 @@ def sample_file_batches(path: str | os.PathLike, batch_size: int = 250) -> Itera
   return (images[start:start + batch_size] for start in range(0, len(images), batch_size))
 
 
-def load_side(path: str, variables_fn, batch_size: int = 250) -> dict[str, Any]:
+def load_side(path: str, variables_fn, batch_size: int = 250,
+              preprocessing: str = inception.DEFAULT_PREPROCESSING) -> dict[str, Any]:
   """Statistics of one side of the FID command: an image folder, a sample `.npz` (images) or
   a statistics `.npz` (mu/sigma or pool_3). `variables_fn()` gives the Inception variables,
-  called only where images have to go through the network."""
+  called only where images have to go through the network, with `preprocessing`; a
+  statistics file keeps the preprocessing it records (`metrics.load_statistics`)."""
   if os.path.isdir(path):
-    return compute_statistics(image_folder_batches(path, batch_size), variables_fn())
+    return compute_statistics(image_folder_batches(path, batch_size), variables_fn(),
+                              preprocessing=preprocessing)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path!r} does not exist (expected an image folder or .npz).')
   if not path.endswith('.npz'):
@@ -166,7 +184,8 @@ def load_side(path: str, variables_fn, batch_size: int = 250) -> dict[str, Any]:
     is_stats = any(k in f.files for k in _STATS_KEYS)
   if is_stats:
     return metrics.load_statistics(path)
-  return compute_statistics(sample_file_batches(path, batch_size), variables_fn())
+  return compute_statistics(sample_file_batches(path, batch_size), variables_fn(),
+                            preprocessing=preprocessing)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -184,6 +203,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                       help='with one folder: write its statistics (.npz) and exit')
   parser.add_argument('--is_splits', type=int, default=10)
   parser.add_argument('--kid_block_size', type=int, default=1024)
+  parser.add_argument('--preprocessing', default=inception.DEFAULT_PREPROCESSING,
+                      choices=inception.PREPROCESSING,
+                      help='resize and scaling of images for Inception: pytorch_fid (bilinear, '
+                      'half-pixel centers), tf (the TF graph\'s legacy bilinear), clean_fid (PIL '
+                      'bicubic, antialiased); default %(default)s')
   args = parser.parse_args(argv)
 
   cached = {}
@@ -199,13 +223,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     path = args.paths[0]
     batches = (image_folder_batches(path, args.batch_size) if os.path.isdir(path)
                else sample_file_batches(path, args.batch_size))
-    stats = compute_statistics(batches, variables_fn(), path=args.save_stats)
-    print(f'Wrote statistics of {stats["pool_3"].shape[0]} images to {args.save_stats}')
+    stats = compute_statistics(batches, variables_fn(), path=args.save_stats,
+                               preprocessing=args.preprocessing)
+    print(f'Wrote statistics of {stats["pool_3"].shape[0]} images ({args.preprocessing} '
+          f'preprocessing) to {args.save_stats}')
     return {}
   if len(args.paths) != 2:
     parser.error('give two paths (image folders or .npz files)')
 
-  a, b = (load_side(p, variables_fn, args.batch_size) for p in args.paths)
+  a, b = (load_side(p, variables_fn, args.batch_size, args.preprocessing) for p in args.paths)
+  metrics.check_same_preprocessing(a, b, *args.paths)
   results = {'fid': metrics.frechet_distance(a['mu'], a['sigma'], b['mu'], b['sigma'])}
   print(f'FID: {results["fid"]:.6f}')
   if 'pool_3' in a and 'pool_3' in b:

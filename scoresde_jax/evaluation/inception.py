@@ -13,13 +13,25 @@ Parameter names mirror the torch module tree (`Mixed_5b/branch1x1/conv/kernel`,
 plus a transpose. Compute is float32 with `Precision.HIGHEST` (no TF32/bf16 passes on
 GPU/TPU, which would move FID in the 2nd-3rd digit).
 
-Preprocessing (`preprocess`) is pytorch-fid's: images in [0, 255] are divided by 255,
-resized to 299x299 with bilinear interpolation WITHOUT antialiasing and with half-pixel
-centers (`F.interpolate(mode='bilinear', align_corners=False)` == `jax.image.resize(
-'bilinear', antialias=False)`, checked against torch in tests/test_inception.py, also for
-downsizing), then mapped to [-1, 1] by 2x - 1. Note that TF-GAN's graph (used by the
-reference score_sde code through TF-Hub) resizes inside TF, whose legacy bilinear resize
-did not use half-pixel centers; numbers can differ slightly from the reference's.
+Preprocessing (`preprocess(images, method=...)`, one of `PREPROCESSING`) turns pixels in
+[0, 255] into the network's [-1, 1] input at 299x299. The network and weights are the same
+for all three; FID tools differ only here, and FID moves with it (benchmarks/RESULTS.md):
+  * 'pytorch_fid' (default): pytorch-fid's. x / 255, bilinear resize WITHOUT antialiasing
+    and with half-pixel centers (`F.interpolate(mode='bilinear', align_corners=False)` ==
+    `jax.image.resize('bilinear', antialias=False)`, checked against torch in
+    tests/test_inception.py, also for downsizing), then 2x - 1.
+  * 'tf': the TF 2015-12-05 graph's own, as TTUR's original FID code feeds it pixels in
+    [0, 255]: its `ResizeBilinear` node is TF's legacy resize, `tf.compat.v1.image.
+    resize_bilinear(align_corners=False, half_pixel_centers=False)` (source coordinate =
+    dst * in / out, no half-pixel offset, no antialiasing), then its Sub / Mul nodes,
+    (x - 128) / 128 = x / 128 - 1. (The reference score_sde code instead maps pixels with
+    (x - 127.5) / 127.5 before TF-Hub's TF-GAN module: none of these three exactly.)
+  * 'clean_fid': clean-fid's default mode ('clean'). Each channel resized as a float32
+    image with PIL's antialiased bicubic filter, clipped to [0, 255] and not quantized, then
+    x / 128 - 1 (the scaling clean-fid's TorchScript Inception wrapper applies). The PIL
+    resize runs on the host (numpy, before the device): not a jax op, it cannot run under
+    `jit` or on a traced array.
+Images already 299x299 are not resized by any of them (each resize is then the identity).
 """
 from __future__ import annotations
 
@@ -32,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde_jax import parallel
+from scoresde_jax import errors, parallel
 
 INCEPTION_IMAGE_SIZE = 299
 POOL_FEATURES = 2048
@@ -246,38 +258,152 @@ def check_images(images, check_range: bool = True) -> None:
                     'Multiply [0, 1] images by 255.', stacklevel=2)
 
 
-def preprocess(images: jax.Array, size: int = INCEPTION_IMAGE_SIZE) -> jax.Array:
+# Preprocessing names, and the FID implementation whose input each reproduces (module
+# docstring): pytorch-fid, the TF 2015-12-05 graph's own (TTUR), clean-fid.
+PREPROCESSING = ('pytorch_fid', 'tf', 'clean_fid')
+DEFAULT_PREPROCESSING = 'pytorch_fid'
+
+
+def check_preprocessing(method) -> str:
+  """`method` if it is one of `PREPROCESSING`; else an `errors.ArgumentError` (a ValueError)."""
+  if not isinstance(method, str) or method not in PREPROCESSING:
+    raise errors.ArgumentError(
+        'preprocessing', "{name}={value!r} is not an Inception preprocessing; use one of "
+        + ', '.join(repr(m) for m in PREPROCESSING) + '.', value=method)
+  return method
+
+
+def _size_hw(size) -> tuple[int, int]:
+  return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+
+
+def _tf_legacy_grid(in_size: int, out_size: int):
+  """One axis of TF's legacy bilinear sampling grid: (lower [out], upper [out], lerp [out]).
+
+  As TF's `resize_bilinear` kernel computes it with align_corners=False and
+  half_pixel_centers=False, in float32: scale = in / out, source = dst * scale (no
+  half-pixel offset), lower = floor(source), upper = min(ceil(source), in - 1) (clamped at
+  the edge), lerp = source - floor(source). Static (shape-only) numpy values.
+  """
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = np.arange(out_size, dtype=np.float32) * scale
+  floor = np.floor(src)
+  lower = np.maximum(floor.astype(np.int64), 0)
+  upper = np.minimum(np.ceil(src).astype(np.int64), in_size - 1)
+  return lower, upper, (src - floor).astype(np.float32)
+
+
+def resize_tf_legacy(images, size=INCEPTION_IMAGE_SIZE) -> jax.Array:
+  """TF's legacy bilinear resize: `[B, H, W, C]` -> `[B, h, w, C]` float32 (`size`: int or (h, w)).
+
+  `tf.compat.v1.image.resize_bilinear(images, size, align_corners=False,
+  half_pixel_centers=False)` (the `ResizeBilinear` node of the 2015-12-05 Inception graph):
+  the grid of `_tf_legacy_grid` on each axis, no antialiasing; each output pixel is
+  top + (bottom - top) * y_lerp with top / bottom = left + (right - left) * x_lerp, TF's
+  order of operations. A jax op (jit-able): the grid depends on shapes only.
+  """
+  x = jnp.asarray(images).astype(jnp.float32)
+  out_h, out_w = _size_hw(size)
+  y_lo, y_hi, y_lerp = _tf_legacy_grid(x.shape[1], out_h)
+  x_lo, x_hi, x_lerp = _tf_legacy_grid(x.shape[2], out_w)
+  x_lerp = x_lerp[None, None, :, None]
+
+  def horizontal(rows):
+    left, right = rows[:, :, x_lo], rows[:, :, x_hi]
+    return left + (right - left) * x_lerp
+
+  top, bottom = horizontal(x[:, y_lo]), horizontal(x[:, y_hi])
+  return top + (bottom - top) * y_lerp[None, :, None, None]
+
+
+def resize_clean_fid(images, size=INCEPTION_IMAGE_SIZE) -> np.ndarray:
+  """clean-fid's resize, on the host: `[B, H, W, C]` in [0, 255] -> float32 numpy `[B, h, w, C]`
+  (`images` itself, untouched, when it is h x w already).
+
+  Each channel of each image becomes a float32 PIL image (mode 'F'), is resized with
+  `Image.resize((w, h), BICUBIC)` (PIL's antialiased bicubic: the filter widens by the
+  downscaling factor) and clipped to [0, 255], without rounding to 8 bits: clean-fid's
+  `make_resizer('PIL', quantize_after=False, 'bicubic', (299, 299))`. PIL runs on the
+  CPU, so this is not a jax op: it cannot run under `jit` (a traced array is refused), and
+  device arrays are copied to the host first. `size`: int or (h, w).
+  """
+  out_h, out_w = _size_hw(size)
+  if tuple(images.shape[1:3]) == (out_h, out_w):
+    return images  # Nothing to resize (also under jit).
+  if isinstance(images, jax.core.Tracer):
+    raise ValueError("preprocessing='clean_fid' resizes with PIL on the host and cannot run "
+                     'under jit: resize first with inception.resize_clean_fid (or pass '
+                     f'{out_h}x{out_w} images).')
+  from PIL import Image  # Only this preprocessing needs PIL.
+
+  x = np.asarray(images, np.float32)
+  out = np.empty((x.shape[0], out_h, out_w, x.shape[3]), np.float32)
+  for i in range(x.shape[0]):
+    for c in range(x.shape[3]):
+      channel = Image.fromarray(np.ascontiguousarray(x[i, :, :, c]))  # float32 -> mode 'F'
+      out[i, :, :, c] = np.asarray(channel.resize((out_w, out_h), Image.Resampling.BICUBIC))
+  return np.clip(out, 0.0, 255.0, out=out)
+
+
+def preprocess(images: jax.Array, size: int = INCEPTION_IMAGE_SIZE,
+               method: str = DEFAULT_PREPROCESSING) -> jax.Array:
   """`images: [B, H, W, 3]` in [0, 255] (uint8/float) -> `[B, size, size, 3]` in [-1, 1].
 
-  pytorch-fid's order: scale to [0, 1], bilinear resize (half-pixel centers, no
-  antialias; identity when H = W = size), then 2x - 1. float32 throughout.
+  `method` (one of `PREPROCESSING`, see the module docstring), float32 throughout:
+    'pytorch_fid': pytorch-fid's order: x / 255, bilinear resize (half-pixel centers, no
+      antialias), then 2x - 1.
+    'tf': the TF 2015-12-05 graph's: `resize_tf_legacy`, then x / 128 - 1.
+    'clean_fid': clean-fid's: `resize_clean_fid` (PIL bicubic on the host: not under jit
+      unless the images are already size x size), then x / 128 - 1.
+  Images already size x size are not resized (every method's resize is then the identity).
   """
-  x = images.astype(jnp.float32) / 255.0
-  if x.shape[1:3] != (size, size):
-    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method='bilinear',
-                         antialias=False)
-  return 2.0 * x - 1.0
+  method = check_preprocessing(method)
+  resize = tuple(images.shape[1:3]) != (size, size)
+  if method == 'pytorch_fid':
+    x = images.astype(jnp.float32) / 255.0
+    if resize:
+      x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method='bilinear',
+                           antialias=False)
+    return 2.0 * x - 1.0
+  if method == 'tf':
+    x = resize_tf_legacy(images, size) if resize else jnp.asarray(images).astype(jnp.float32)
+  else:
+    x = jnp.asarray(resize_clean_fid(images, size) if resize else images).astype(jnp.float32)
+  # (x - 128) / 128 as the graph computes it; the same float32 numbers as x / 128 - 1.
+  return x / 128.0 - 1.0
 
 
 _MODULE = InceptionV3()
 
 
-@jax.jit
-def inception_features(variables: Any, images: jax.Array) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames=('preprocessing',))
+def _inception_features(variables, images, preprocessing):
+  return _MODULE.apply(variables, preprocess(images, method=preprocessing))
+
+
+def inception_features(variables: Any, images: jax.Array,
+                       preprocessing: str = DEFAULT_PREPROCESSING) -> dict[str, jax.Array]:
   """Pure jitted FID features: `images: [B, H, W, 3]` in [0, 255] (uint8 or float).
 
-  `variables` is `{'params': ..., 'batch_stats': ...}` (see `weights.load_inception`).
+  `variables` is `{'params': ..., 'batch_stats': ...}` (see `weights.load_inception`);
+  `preprocessing` one of `PREPROCESSING` (compiled once per method and input shape).
   Returns `{'pool_3': [B, 2048], 'logits': [B, 1008]}` float32. Inputs may be sharded
   along the batch axis (e.g. over a 'data' mesh axis); outputs follow that sharding.
+  With 'clean_fid', images that are not 299x299 are first resized on the host (PIL; the
+  result is not sharded: `sharded_features` resizes before it shards).
   This does not validate: call `check_images` first (or use `compute_features`).
   """
-  return _MODULE.apply(variables, preprocess(images))
+  preprocessing = check_preprocessing(preprocessing)
+  if preprocessing == 'clean_fid':
+    images = resize_clean_fid(images)  # a no-op at 299x299 (and then fine under jit)
+  return _inception_features(variables, images, preprocessing)
 
 
-def compute_features(variables: Any, images, check_range: bool = True) -> dict[str, jax.Array]:
+def compute_features(variables: Any, images, check_range: bool = True,
+                     preprocessing: str = DEFAULT_PREPROCESSING) -> dict[str, jax.Array]:
   """`inception_features` after `check_images` (clear errors for bad shapes/ranges)."""
   check_images(images, check_range=check_range)
-  return inception_features(variables, images)
+  return inception_features(variables, images, preprocessing)
 
 
 def init_random_variables(rng: jax.Array) -> Any:
@@ -314,17 +440,23 @@ def variable_shapes() -> Any:
 
 
 def sharded_features(variables: Any, images, mesh: jax.sharding.Mesh | None = None,
-                     check_range: bool = True) -> dict[str, np.ndarray]:
+                     check_range: bool = True,
+                     preprocessing: str = DEFAULT_PREPROCESSING) -> dict[str, np.ndarray]:
   """Features of a host batch, split over the mesh's 'data' axis, gathered to numpy.
 
   `images: [B, H, W, 3]` in [0, 255] on the host. The batch is padded (by repeating the
   last image) to a multiple of the number of devices; padding rows are dropped from the
-  result. Variables are replicated. Returns `{'pool_3': [B, 2048], 'logits': [B, 1008]}`
+  result. Variables are replicated. `preprocessing`: one of `PREPROCESSING`; with
+  'clean_fid' the images are resized on the host (PIL) before they are sharded, and travel
+  to the devices as float32 299x299. Returns `{'pool_3': [B, 2048], 'logits': [B, 1008]}`
   as float32 numpy arrays.
   """
+  preprocessing = check_preprocessing(preprocessing)
   check_images(images, check_range=check_range)
   mesh = parallel.make_mesh() if mesh is None else mesh
   images = np.asarray(images)
+  if preprocessing == 'clean_fid':
+    images = resize_clean_fid(images)
   n = images.shape[0]
   n_dev = mesh.shape['data']
   pad = (-n) % n_dev
@@ -332,5 +464,5 @@ def sharded_features(variables: Any, images, mesh: jax.sharding.Mesh | None = No
     images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)], axis=0)
   x = jax.device_put(images, parallel.data_sharding(mesh))
   variables = jax.device_put(variables, parallel.replicated(mesh))
-  out = inception_features(variables, x)
+  out = inception_features(variables, x, preprocessing)
   return {k: np.asarray(v)[:n] for k, v in out.items()}

@@ -21,7 +21,10 @@ Conventions (those of the reference score_sde evaluation, which calls TF-GAN):
 
 Statistics files: `load_statistics` reads score_sde's `*_stats.npz` (key `pool_3`: raw
 activations; mu/sigma are computed from them) and the `mu`/`sigma` npz of TTUR,
-pytorch-fid and EDM (EDM's `.npz` uses the same keys).
+pytorch-fid and EDM (EDM's `.npz` uses the same keys). Ours also record the Inception
+preprocessing of their images (`preprocessing`: 'pytorch_fid', 'tf' or 'clean_fid', see
+`inception.PREPROCESSING`); files without that key are taken as 'pytorch_fid'. FID between
+statistics of different preprocessing is refused (`check_same_preprocessing`).
 """
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ from typing import Any
 
 import numpy as np
 import scipy.special
+
+# The preprocessing of statistics files that do not record one: this project's files before
+# they recorded it, and pytorch-fid's own. (TTUR's TF files used 'tf': the reader cannot tell.)
+UNRECORDED_PREPROCESSING = 'pytorch_fid'
 
 
 def _as_2d_float64(x, name: str) -> np.ndarray:
@@ -226,8 +233,10 @@ def load_statistics(path: str | os.PathLike) -> dict[str, Any]:
     * `mu` [D] and `sigma` [D, D] (TTUR, pytorch-fid, EDM, and `save_statistics`);
     * `pool_3` [N, D] raw activations (score_sde's `cifar10_stats.npz`, and our sample
       statistics); mu/sigma are then computed from them;
-    * optionally `logits` [N, 1008] (score_sde sample statistics), kept for IS.
-  Returns a dict with float64 `mu`, `sigma` and, when present, `pool_3` and `logits`.
+    * optionally `logits` [N, 1008] (score_sde sample statistics), kept for IS;
+    * optionally `preprocessing`, a string (see module docstring).
+  Returns a dict with float64 `mu`, `sigma`, `preprocessing` (a str; UNRECORDED_PREPROCESSING
+  when the file has none) and, when present, `pool_3` and `logits`.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -239,6 +248,8 @@ def load_statistics(path: str | os.PathLike) -> dict[str, Any]:
       out['pool_3'] = np.asarray(f['pool_3'])
     if 'logits' in files:
       out['logits'] = np.asarray(f['logits'])
+    out['preprocessing'] = (str(f['preprocessing']) if 'preprocessing' in files
+                            else UNRECORDED_PREPROCESSING)
     if {'mu', 'sigma'} <= files:
       out['mu'] = np.asarray(f['mu'], np.float64)
       out['sigma'] = np.asarray(f['sigma'], np.float64)
@@ -251,19 +262,48 @@ def load_statistics(path: str | os.PathLike) -> dict[str, Any]:
   return out
 
 
-def save_statistics(path: str | os.PathLike, pool_3, logits=None) -> dict[str, np.ndarray]:
+def save_statistics(path: str | os.PathLike, pool_3, logits=None,
+                    preprocessing: str | None = UNRECORDED_PREPROCESSING) -> dict[str, np.ndarray]:
   """Writes `mu`, `sigma` (float64) and the raw `pool_3` (and `logits`) to `path`.
 
-  The file is readable by `load_statistics`, pytorch-fid (`mu`/`sigma`) and score_sde
-  (`pool_3`). Returns what was written.
+  `preprocessing`: the Inception preprocessing the activations were made with, recorded as
+  a string array under `preprocessing` (None: not recorded). The file is readable by
+  `load_statistics`, pytorch-fid (`mu`/`sigma`) and score_sde (`pool_3`). Returns what was
+  written (`preprocessing` as a str).
   """
   pool_3 = np.asarray(pool_3)
   mu, sigma = activation_statistics(pool_3)
   out = {'mu': mu, 'sigma': sigma, 'pool_3': pool_3}
   if logits is not None:
     out['logits'] = np.asarray(logits)
+  arrays = dict(out)
+  if preprocessing is not None:
+    out['preprocessing'] = str(preprocessing)
+    arrays['preprocessing'] = np.asarray(out['preprocessing'])  # unicode: read without pickle
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'wb') as f:  # An open file: np.savez would append '.npz' to a name.
-    np.savez(f, **out)
+    np.savez(f, **arrays)
   return out
+
+
+def statistics_preprocessing(stats: dict) -> str:
+  """The preprocessing of statistics from `load_statistics` / `fid.compute_statistics`
+  (UNRECORDED_PREPROCESSING when they carry none)."""
+  return str(stats.get('preprocessing', UNRECORDED_PREPROCESSING))
+
+
+def check_same_preprocessing(a: dict, b: dict, name_a: str = 'the first statistics',
+                             name_b: str = 'the second') -> str:
+  """Raises a one-line ValueError unless statistics `a` and `b` share one preprocessing.
+
+  A FID between features of differently resized / scaled images measures that difference
+  too (the same 32x32 digits: FID 5.9, 5.6 or 9.0 by preprocessing, benchmarks/RESULTS.md).
+  Returns the preprocessing.
+  """
+  pa, pb = statistics_preprocessing(a), statistics_preprocessing(b)
+  if pa != pb:
+    raise ValueError(f'{name_a} was made with {pa!r} Inception preprocessing and {name_b} '
+                     f'with {pb!r}: their FID would measure the preprocessing too; compute '
+                     'both with one (the FID command\'s --preprocessing).')
+  return pa

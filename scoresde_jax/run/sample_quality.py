@@ -3,9 +3,11 @@
 `eval.num_samples` samples are drawn in rounds of `eval.batch_size` (a global batch sharded
 over all devices); each host saves its shard of round r as uint8
 `samples_<host>_<r>.npz` and its Inception outputs as `statistics_<host>_<r>.npz` in the
-setting's directory. A rerun skips every finished round (round r's key is fold_in(key, r),
-so resumed rounds are the same as uninterrupted ones). Host 0 then reads every host's
-statistics (a shared file system, as the reference assumes) and computes the metrics.
+setting's directory (with the eval.inception_preprocessing they were made with). A rerun
+skips every finished round (round r's key is fold_in(key, r), so resumed rounds are the same
+as uninterrupted ones); rounds of another preprocessing are refused, not mixed in. Host 0
+then reads every host's statistics (a shared file system, as the reference assumes) and
+computes the metrics.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import zlib
 import jax
 import numpy as np
 
-from scoresde_jax import parallel
+from scoresde_jax import errors, parallel
 from scoresde_jax.evaluation import fid as fid_lib
 from scoresde_jax.evaluation import metrics
 from scoresde_jax.run import data, files, images, results, setup, stats as stats_lib, sweeps
@@ -39,6 +41,18 @@ def _round_files(directory: str, host: int, r: int) -> tuple[str, str]:
           os.path.join(directory, f'statistics_{host}_{r}.npz'))
 
 
+def _check_round_preprocessing(path: str, f, preprocessing: str) -> None:
+  """A round's Inception outputs `f` (an open npz) must be of `preprocessing`; files from
+  before rounds recorded it are 'pytorch_fid'."""
+  made_with = (str(f['preprocessing']) if 'preprocessing' in f.files
+               else metrics.UNRECORDED_PREPROCESSING)
+  if made_with != preprocessing:
+    raise errors.ConfigError(
+        f'{path} holds Inception outputs made with {made_with!r} preprocessing, but '
+        f'{stats_lib.PREPROCESSING_KEY}={preprocessing!r}; evaluate into another eval folder '
+        f'or delete {os.path.dirname(path)}.')
+
+
 class SampleQuality:
   """Scores sampler settings against reference statistics; one object per evaluation run.
 
@@ -48,6 +62,7 @@ class SampleQuality:
 
   def __init__(self, config, mesh, inception_variables, stats: dict):
     self._config, self._mesh, self._stats = config, mesh, stats
+    self._preprocessing = stats_lib.inception_preprocessing(config)
     self._local_mesh = stats_lib.local_mesh()
     # Replicated once here rather than once per round.
     self._inception = jax.device_put(inception_variables, parallel.replicated(self._local_mesh))
@@ -84,6 +99,7 @@ class SampleQuality:
     pools, logits = [], []
     for path in stats_files:
       with np.load(path) as f:
+        _check_round_preprocessing(path, f, self._preprocessing)
         pools.append(f['pool_3'])
         logits.append(f['logits'])
     result.update(self._metrics(np.concatenate(pools)[:num_samples],
@@ -102,6 +118,7 @@ class SampleQuality:
       samples_file, stats_file = _round_files(directory, host, r)
       if all(os.path.exists(_round_files(directory, h, r)[1]) for h in range(num_hosts)):
         with np.load(stats_file) as f:
+          _check_round_preprocessing(stats_file, f, self._preprocessing)
           if 'nfe' in f.files:
             nfes.append(float(f['nfe']))
         continue
@@ -115,7 +132,8 @@ class SampleQuality:
       start = time.time()
       if len(pixels):
         chunks = [stats_lib.rgb(pixels[i:i + chunk]) for i in range(0, len(pixels), chunk)]
-        acts = fid_lib.compute_activations(chunks, self._inception, mesh=self._local_mesh)
+        acts = fid_lib.compute_activations(chunks, self._inception, mesh=self._local_mesh,
+                                           preprocessing=self._preprocessing)
       else:  # a replicated batch lives on host 0 only
         acts = {'pool_3': np.zeros((0, 2048), np.float32),
                 'logits': np.zeros((0, 1008), np.float32)}
@@ -124,7 +142,7 @@ class SampleQuality:
       inception_seconds += round_inception
       nfes.append(float(nfe))
       files.write_npz(stats_file, pool_3=acts['pool_3'], logits=acts['logits'],
-                      nfe=np.float64(nfe))
+                      nfe=np.float64(nfe), preprocessing=np.asarray(self._preprocessing))
       log.info('%s round %d/%d: %d samples, NFE %.0f, sampling %.1f s, Inception %.1f s',
                setting['name'], r + 1, num_rounds, len(pixels), float(nfe), round_sampling,
                round_inception)
@@ -135,7 +153,8 @@ class SampleQuality:
     """FID, Inception Score and KID of the samples' features against the reference."""
     stats = self._stats
     result = {'num_samples': int(pools.shape[0]),
-              'fid': metrics.fid_to_reference(pools, stats['mu'], stats['sigma'])}
+              'fid': metrics.fid_to_reference(pools, stats['mu'], stats['sigma']),
+              'inception_preprocessing': self._preprocessing}
     splits = int(self._config.eval.get('is_splits', 10))
     if pools.shape[0] // splits < 2:
       # Splits of one sample always score exactly 1; fall back to a single split.

@@ -2,7 +2,9 @@
 
 A statistics file (the reference's format, `np.savez`) holds `mu` [2048] and `sigma`
 [2048, 2048] of the Inception pool_3 features of a dataset's train split, the raw `pool_3`
-activations (for KID) and `logits`, plus `dataset`, `image_size` and `num_images`.
+activations (for KID) and `logits`, plus `dataset`, `image_size`, `num_images` and
+`preprocessing` (eval.inception_preprocessing when it was made; files without it, such as
+the reference's, are taken as 'pytorch_fid').
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from scoresde_jax import errors, parallel
 from scoresde_jax.evaluation import fid as fid_lib
+from scoresde_jax.evaluation import inception
 from scoresde_jax.evaluation import metrics
 from scoresde_jax.evaluation import weights as weights_lib
 from scoresde_jax.run import data, files, images
@@ -44,6 +47,17 @@ def load_inception_variables(config, weights_path=None):
   of `weights.load_inception`."""
   path = weights_path or config.eval.get('inception_weights', None) or None
   return weights_lib.load_inception(path)
+
+
+PREPROCESSING_KEY = 'config.eval.inception_preprocessing'
+
+
+def inception_preprocessing(config) -> str:
+  """eval.inception_preprocessing (default 'pytorch_fid'), checked: one of
+  `inception.PREPROCESSING`, else a ConfigError naming the key."""
+  value = config.eval.get('inception_preprocessing', inception.DEFAULT_PREPROCESSING)
+  with errors.config_errors(keys={'preprocessing': PREPROCESSING_KEY}):
+    return inception.check_preprocessing(value)
 
 
 def stats_filename(config) -> str:
@@ -95,7 +109,9 @@ def resolve_stats_path(config, workdir: str | None = None) -> str:
 
 
 def load_stats(config, path: str) -> dict:
-  """Reads reference statistics; refuses ones computed at another image size or dataset."""
+  """Reads reference statistics; refuses ones computed at another image size or dataset, or
+  with another Inception preprocessing than eval.inception_preprocessing."""
+  preprocessing = inception_preprocessing(config)
   stats = metrics.load_statistics(path)
   with np.load(path, allow_pickle=False) as f:
     meta = {k: f[k].item() for k in ('dataset', 'image_size') if k in f.files}
@@ -107,6 +123,11 @@ def load_stats(config, path: str) -> dict:
     raise errors.ConfigError(f'{path} holds statistics of {size}x{size} images, but '
                              f'data.image_size={config.data.image_size}; recompute them with '
                              '--mode fid_stats.')
+  made_with = metrics.statistics_preprocessing(stats)
+  if made_with != preprocessing:
+    raise errors.ConfigError(f'{path} holds statistics made with {made_with!r} Inception '
+                             f'preprocessing, but {PREPROCESSING_KEY}={preprocessing!r}; set it '
+                             f'to {made_with!r} or recompute the statistics with --mode fid_stats.')
   return stats
 
 
@@ -118,7 +139,8 @@ def compute_dataset_stats(config, out_path: str | None = None, weights_path: str
   at the model's resolution (data.image_size) as 8-bit pixels (gray images repeated to RGB).
   The file (default: `default_stats_dir()/stats_filename(config)`) holds `mu` [2048] and
   `sigma` [2048, 2048] (float64), the raw `pool_3` [N, 2048] activations (for KID; the
-  reference's format) and `logits`, plus `dataset`, `image_size`, `num_images`.
+  reference's format) and `logits`, plus `dataset`, `image_size`, `num_images` and
+  `preprocessing` (eval.inception_preprocessing, the resize and scaling used).
 
   Args:
     weights_path: Inception .pth; default eval.inception_weights, then the defaults of
@@ -128,6 +150,7 @@ def compute_dataset_stats(config, out_path: str | None = None, weights_path: str
 
   Returns the dict written.
   """
+  preprocessing = inception_preprocessing(config)
   if out_path is None:
     out_path = os.path.join(default_stats_dir(), stats_filename(config))
   if inception_variables is None:
@@ -143,7 +166,7 @@ def compute_dataset_stats(config, out_path: str | None = None, weights_path: str
   start = time.time()
   # One call: a short last batch is padded to the others' size, so Inception compiles once.
   acts = fid_lib.compute_activations(pixel_batches(), inception_variables, mesh=local_mesh(),
-                                     max_samples=max_images)
+                                     max_samples=max_images, preprocessing=preprocessing)
   pool_3, logit = acts['pool_3'], acts['logits']
   if jax.process_count() > 1:
     # Each host read its own shard; statistics are over all of them.
@@ -152,12 +175,13 @@ def compute_dataset_stats(config, out_path: str | None = None, weights_path: str
   stats = {'mu': mu, 'sigma': sigma, 'pool_3': pool_3, 'logits': logit,
            'dataset': np.asarray(config.data.dataset),
            'image_size': np.asarray(int(config.data.image_size)),
-           'num_images': np.asarray(pool_3.shape[0])}
+           'num_images': np.asarray(pool_3.shape[0]),
+           'preprocessing': np.asarray(preprocessing)}
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **stats)  # Uncompressed: read by pytorch-fid / score_sde tools too.
     files.write_atomic(out_path, buffer.getvalue())
-    log.info('Wrote Inception statistics of %d %s images to %s (%.1f s).', pool_3.shape[0],
-             config.data.dataset, out_path, time.time() - start)
+    log.info('Wrote Inception statistics of %d %s images (%s preprocessing) to %s (%.1f s).',
+             pool_3.shape[0], config.data.dataset, preprocessing, out_path, time.time() - start)
   return stats
