@@ -186,6 +186,7 @@ def test_eval_writes_results_and_a_rerun_skips_them(run, monkeypatch):
     rows = list(csv.DictReader(f))
   assert len(rows) == 1 and rows[0]['setting'] == setting and rows[0]['ckpt'] == '1'
   np.testing.assert_allclose(float(rows[0]['fid']), result['fid'])
+  assert rows[0]['is_splits'] == '1'  # the table says which IS convention it reports
   with open(os.path.join(eval_dir, 'summary.md')) as f:
     assert setting in f.read()
 

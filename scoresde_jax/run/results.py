@@ -21,8 +21,9 @@ from scoresde_jax.run import files, setup
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ('ckpt', 'step', 'setting', 'num_samples', 'nfe', 'fid', 'is', 'kid', 'loss',
-                   'bpd', 'seconds')
+# IS beside its number of splits: score_sde reports 1 split, the Inception-score papers 10.
+SUMMARY_COLUMNS = ('ckpt', 'step', 'setting', 'num_samples', 'nfe', 'fid', 'is', 'is_splits',
+                   'kid', 'loss', 'bpd', 'seconds')
 
 
 def _finite_or_none(x):
