@@ -45,6 +45,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = 'test'
   evaluate.bpd_num_repeats = 5
+  # Inception Score over 10 splits, as the Inception-score papers; score_sde reports 1.
   evaluate.is_splits = 10
   # How images are resized and scaled for Inception (evaluation.inception.PREPROCESSING):
   # 'pytorch_fid' (bilinear, half-pixel centers), 'tf' (the TF graph's legacy bilinear, as
@@ -66,6 +67,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
   # Only TFRecord datasets (CelebA-HQ, FFHQ) read it; '' means unset.
   data.tfrecords_path = ''
   data.data_dir = ''  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  # Only data.dataset = 'FOLDER' reads them: the directory of PNG / JPEG images ('' = unset), and
+  # whether images smaller than data.image_size are upscaled (otherwise they are refused).
+  data.path = ''
+  data.upscale = False
 
   config.model = model = ml_collections.ConfigDict()
   model.embedding_type = 'fourier'

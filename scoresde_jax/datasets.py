@@ -4,12 +4,12 @@ Every dataset yields Python iterators of numpy batches, dicts
 
   {'image': float32 [B, H, W, C] in [0, 1], 'label': int32 [B]}
 
-(`label` is -1 for datasets without labels: CelebA, LSUN, CelebA-HQ, FFHQ). Training streams
-may carry a leading axis of k fused steps (`additional_dim`; the runs use
-`training.n_jitted_steps`), `[k, B, H, W, C]` and `[k, B]`, as in the reference. One-pass
-evaluation streams (`evaluation=True`) keep every example: the last batch is padded to full size
-and every batch carries `'mask': bool [B]` (False on padding). Scaling to [-1, 1] for centered
-models is `get_data_scaler(centered)`, applied by the caller.
+(`label` is -1 for datasets without labels: CelebA, LSUN, CelebA-HQ, FFHQ, FOLDER without
+class sub-folders). Training streams may carry a leading axis of k fused steps
+(`additional_dim`; the runs use `training.n_jitted_steps`), `[k, B, H, W, C]` and `[k, B]`, as
+in the reference. One-pass evaluation streams (`evaluation=True`) keep every example: the last
+batch is padded to full size and every batch carries `'mask': bool [B]` (False on padding).
+Scaling to [-1, 1] for centered models is `get_data_scaler(centered)`, applied by the caller.
 
 What to read is a `DataSpec` (the runs build it from `config.data`: `run.data.data_spec`).
 Datasets (`DataSpec.dataset`):
@@ -27,6 +27,24 @@ Datasets (`DataSpec.dataset`):
   CelebAHQ, FFHQ  TFRecords at `tfrecords_path` (a file or glob), one record per image with
             features 'shape' (int64 [3], C, H, W) and 'data' (raw uint8 bytes, CHW), as written
             by the progressive-GAN / StyleGAN `dataset_tool.py`; train and eval read the same files.
+  FOLDER    your own images: every .png / .jpg / .jpeg file (any case; hidden files and folders
+            skipped) under the directory `path`, decoded with PIL, TensorFlow never imported.
+            Labels: images in first-level sub-folders are labelled by them (the sorted names of
+            the sub-folders that hold images, index = label; deeper folders belong to their
+            first-level one); images directly in `path` have label -1 (unlabelled); a tree with
+            both is refused. Split (`folder_is_eval`): an image is in eval when
+            int.from_bytes(sha1(relpath)[:8], 'big') % 100 < 10, relpath its path relative to
+            `path` ('/'-separated, UTF-8), else in train: about 10%, and an image keeps its
+            split when others are added or removed. Each image is cropped to its central square (offsets rounded down), then
+            resized to `image_size` with PIL's antialiased BICUBIC filter (as clean-fid) and
+            rounded to uint8; no EXIF rotation. Images whose shorter side is below `image_size`
+            are refused unless `upscale`. Gray images (PIL modes 1, L, LA) are repeated to 3
+            channels when `num_channels` is 3; color ones (RGB, RGBA, P, PA, CMYK, YCbCr) are
+            converted to RGB (alpha dropped). Every file's header is read once when the stream
+            is made (mixed gray and color images, too small images, unreadable headers fail
+            then); pixels are decoded lazily, per batch, in a thread pool, one batch ahead, with
+            the last `FOLDER_CACHE_BYTES` of decoded images kept. A truncated file fails when
+            first decoded (PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` is kept off).
 
 Preprocessing as the reference: random left-right flip when `random_flip` (training streams
 only), uniform dequantization `(x * 255 + u) / 256`, `u ~ U[0, 1)`, when asked.
@@ -37,6 +55,11 @@ batch of step s is the same whether the run started at 0 or was resumed with `st
   step s takes positions [s * B, (s + 1) * B) of that chain; flips and dequantization noise come
   from a generator seeded by (seed, s). The global batch does not depend on the number of hosts;
   each host keeps its slice.
+- FOLDER: the same chain of permutations of the split's images (sorted by relative path); each
+  host decodes only the images of its slice, and draws an example's flip and noise from a
+  generator seeded by (seed, s, position in the global batch), so the global batch does not
+  depend on the number of hosts either. One-pass evaluation: the split in path order, global
+  batches, each host its slice.
 - tfds / TFRecords: each host reads its own shard (`tfds.even_splits` / `Dataset.shard`). Epoch e
   reads its shard with files and examples shuffled by a seed derived from (seed, host, e), drops
   the remainder that does not fill a batch, and draws flips and noise with stateless random ops
@@ -51,9 +74,16 @@ caller's user set it.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import hashlib
+import logging
 import os
-from typing import Callable, Dict, Iterator, Optional, Tuple
+import struct
+import weakref
+import zlib
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -62,7 +92,10 @@ import numpy as np
 # `datasets.DatasetNotFoundError`.
 from scoresde_jax.errors import ArgumentError, DatasetError, DatasetNotFoundError
 
-SUPPORTED_DATASETS = ('DIGITS', 'CIFAR10', 'SVHN', 'MNIST', 'CELEBA', 'LSUN', 'CelebAHQ', 'FFHQ')
+log = logging.getLogger(__name__)
+
+SUPPORTED_DATASETS = ('DIGITS', 'CIFAR10', 'SVHN', 'MNIST', 'CELEBA', 'LSUN', 'CelebAHQ', 'FFHQ',
+                      'FOLDER')
 
 # tfds name, train split, eval split (the reference's choices).
 _TFDS = {
@@ -106,9 +139,13 @@ class DataSpec:
     data_dir: tfds data directory; None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
     tfrecords_path: file or glob of the TFRecords of CelebAHQ and FFHQ.
     category: the LSUN category (e.g. 'church_outdoor'); LSUN only.
+    path: the directory of images of FOLDER.
+    upscale: FOLDER: upscale (bicubic) images whose shorter side is below image_size; otherwise
+      such images are refused.
 
   Raises (on construction):
-    ArgumentError: an unknown dataset, a size DIGITS cannot make, LSUN without a category.
+    ArgumentError: an unknown dataset, a size DIGITS cannot make, LSUN without a category,
+      FOLDER without a path.
   """
   dataset: str
   image_size: int
@@ -119,6 +156,8 @@ class DataSpec:
   data_dir: Optional[str] = None
   tfrecords_path: str = ''
   category: Optional[str] = None
+  path: str = ''
+  upscale: bool = False
 
   def __post_init__(self):
     if self.dataset not in SUPPORTED_DATASETS:
@@ -130,6 +169,16 @@ class DataSpec:
     if self.dataset == 'LSUN' and not self.category:
       raise ArgumentError('category', '{name} must name the LSUN category (e.g. '
                            '"church_outdoor").')
+    if self.dataset == 'FOLDER':
+      if not self.path:
+        raise ArgumentError('path', '{name} is unset: set it to a directory of PNG / JPEG images '
+                             '(in one sub-folder per class, or all directly in it).')
+      if not isinstance(self.image_size, (int, np.integer)) or self.image_size <= 0:
+        raise ArgumentError('image_size', '{name}={size!r} must be a positive number of pixels.',
+                             size=self.image_size)
+      if self.num_channels not in (1, 3):
+        raise ArgumentError('num_channels', '{name}={channels}: FOLDER images are read as gray '
+                             '(1) or RGB (3).', channels=self.num_channels)
 
 
 def get_data_scaler(centered: bool) -> Callable:
@@ -225,7 +274,18 @@ def digits_batch(images: np.ndarray, labels: np.ndarray, *, seed: int, step: int
   The stream is the chain of permutations perm_0, perm_1, ... of the N examples, perm_e drawn
   from (seed, stream, e); step s takes its positions [s * B, (s + 1) * B).
   """
-  n = len(images)
+  idx = _chain_indices(len(images), seed=seed, stream=stream, step=step, batch_size=batch_size)
+  rng = np.random.default_rng([int(seed) % 2**64, stream, 1, int(step)])
+  x = _augment(images[idx], rng, random_flip, uniform_dequantization)
+  return {'image': x, 'label': labels[idx]}
+
+
+def _chain_indices(n: int, *, seed: int, stream: int, step: int, batch_size: int) -> np.ndarray:
+  """Example indices int64 [batch_size] of step `step` of the chain of permutations of n examples.
+
+  perm_e is drawn from (seed, stream, e); step s takes positions [s * B, (s + 1) * B) of
+  perm_0 + perm_1 + ... (DIGITS and FOLDER training streams).
+  """
   seed = int(seed) % 2**64  # numpy seeds are non-negative
   pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
   epochs, within = np.divmod(pos, n)
@@ -234,9 +294,7 @@ def digits_batch(images: np.ndarray, labels: np.ndarray, *, seed: int, step: int
     perm = np.random.default_rng([seed, stream, 0, int(e)]).permutation(n)
     sel = epochs == e
     idx[sel] = perm[within[sel]]
-  rng = np.random.default_rng([seed, stream, 1, int(step)])
-  x = _augment(images[idx], rng, random_flip, uniform_dequantization)
-  return {'image': x, 'label': labels[idx]}
+  return idx
 
 
 def _digits_stream(spec, split, seed, start_step, global_batch, host_slice, evaluation,
@@ -276,6 +334,321 @@ def _group(steps: Iterator[Batch], k: int) -> Iterator[Batch]:
   while True:
     chunk = [next(steps) for _ in range(k)]
     yield {key: np.stack([c[key] for c in chunk]) for key in chunk[0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# FOLDER: a directory tree of PNG / JPEG images, read with PIL (TensorFlow is never imported).
+
+FOLDER_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+# Percent of the images in the eval split (by the hash of their relative path).
+FOLDER_EVAL_PERCENT = 10
+# Decoded, resized uint8 images kept between batches (a dataset this small is decoded once).
+FOLDER_CACHE_BYTES = 256 * 2**20
+_GRAY_MODES = ('1', 'L', 'LA')
+_COLOR_MODES = ('P', 'PA', 'RGB', 'RGBA', 'CMYK', 'YCbCr')
+# What PIL raises for a file it cannot read (not a bug of ours: the message names the file).
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: `labels` is an array
+class FolderIndex:
+  """The images of a FOLDER tree (`scan_folder`).
+
+  Attributes:
+    root: the absolute path of the directory.
+    files: paths relative to root, '/'-separated, sorted.
+    labels: int32 [N], the index of each file's first-level sub-folder in `classes`; -1 for
+      images directly in root.
+    classes: sorted names of the first-level sub-folders that hold images (empty when the
+      images are directly in root).
+  """
+  root: str
+  files: Tuple[str, ...]
+  labels: np.ndarray
+  classes: Tuple[str, ...]
+
+  def split(self, split: str) -> np.ndarray:
+    """Indices into `files` (sorted) of the 'train' or 'eval' split (`folder_is_eval`)."""
+    is_eval = np.array([folder_is_eval(f) for f in self.files], bool)
+    return np.flatnonzero(is_eval if split == 'eval' else ~is_eval)
+
+
+def folder_is_eval(relpath: str) -> bool:
+  """Whether the image at `relpath` (relative to data.path, '/'-separated) is in the eval split:
+  the first 8 bytes of its SHA-1, big-endian, mod 100, below FOLDER_EVAL_PERCENT."""
+  digest = hashlib.sha1(relpath.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') % 100 < FOLDER_EVAL_PERCENT
+
+
+def scan_folder(path: str) -> FolderIndex:
+  """Lists the images under `path` (see FOLDER in the module docstring); reads no image.
+
+  Raises:
+    DatasetNotFoundError: `path` is not a directory, or holds no PNG / JPEG file.
+    DatasetError: images both directly in `path` and in sub-folders.
+  """
+  root = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(root):
+    what = 'is not a directory' if os.path.exists(root) else 'does not exist'
+    raise DatasetNotFoundError(f'data.path={path!r} {what}: set it to a directory of PNG / JPEG '
+                               'images (one sub-folder per class, or all directly in it).')
+  files, visited = [], set()
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in visited:  # a folder listed already, through a symbolic link (or a loop)
+      dirnames[:] = []
+      continue
+    visited.add(real)
+    dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+    rel_dir = os.path.relpath(dirpath, root)
+    for name in filenames:
+      if name.startswith('.') or not name.lower().endswith(FOLDER_EXTENSIONS):
+        continue
+      rel = name if rel_dir == os.curdir else os.path.join(rel_dir, name)
+      files.append(rel.replace(os.sep, '/'))
+  files.sort()
+  if not files:
+    raise DatasetNotFoundError(f'data.path={path!r} holds no images (files ending in '
+                               f'{", ".join(FOLDER_EXTENSIONS)}, at any depth).')
+  top = [f for f in files if '/' not in f]
+  nested = [f for f in files if '/' in f]
+  if top and nested:
+    raise DatasetError(f'data.path={path!r} holds images both directly in it (e.g. {top[0]!r}, '
+                       f'{len(top)} in all) and in sub-folders (e.g. {nested[0]!r}), whose names '
+                       'are the class labels: move the former into a sub-folder, or all images '
+                       'out of the sub-folders for an unlabelled dataset.')
+  if not nested:
+    return FolderIndex(root, tuple(files), np.full(len(files), -1, np.int32), ())
+  classes = tuple(sorted({f.split('/', 1)[0] for f in files}))
+  label_of = {c: i for i, c in enumerate(classes)}
+  labels = np.array([label_of[f.split('/', 1)[0]] for f in files], np.int32)
+  return FolderIndex(root, tuple(files), labels, classes)
+
+
+def _read_header(file: str) -> Tuple[Tuple[int, int], str]:
+  """(width, height) and PIL mode of an image file; reads its header only."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  try:
+    with Image.open(file) as im:
+      return im.size, im.mode
+  except (*_PIL_ERRORS, Image.DecompressionBombError) as e:
+    raise DatasetError(f'Cannot read the image {file}: {e}. Re-save it or remove it.') from e
+
+
+def _too_small_message(file: str, size: Tuple[int, int], image_size: int, count: int = 1) -> str:
+  others = f' ({count} images are)' if count > 1 else ''
+  return (f'The image {file} is {size[0]}x{size[1]}, smaller than data.image_size={image_size} '
+          f'on its shorter side{others}: lower data.image_size, remove such images, or set '
+          'data.upscale=True to upscale them (bicubic).')
+
+
+def check_folder_images(index: FolderIndex, image_size: int, num_channels: int,
+                        upscale: bool = False, num_threads: Optional[int] = None) -> None:
+  """Reads the header of every image of `index` and refuses a tree that cannot make batches.
+
+  Raises:
+    DatasetError: an unreadable header; a mode other than 8-bit gray or color; gray and color
+      images together (two examples named, with their modes); an image whose shorter side is
+      below image_size unless `upscale`.
+    ArgumentError: color images and num_channels=1.
+  """
+  paths = [os.path.join(index.root, f) for f in index.files]
+  with concurrent.futures.ThreadPoolExecutor(num_threads or min(16, os.cpu_count() or 1)) as pool:
+    headers = list(pool.map(_read_header, paths))
+  gray = color = None
+  small = []
+  for path, (size, mode) in zip(paths, headers):
+    if mode in _GRAY_MODES:
+      gray = gray or (path, mode)
+    elif mode in _COLOR_MODES:
+      color = color or (path, mode)
+    else:
+      raise DatasetError(f'The image {path} has PIL mode {mode!r}; only 8-bit gray '
+                         f'({", ".join(_GRAY_MODES)}) and color ({", ".join(_COLOR_MODES)}) '
+                         'images are read: convert it to 8-bit.')
+    if min(size) < image_size and not upscale:
+      small.append((path, size))
+  if gray and color:
+    n_gray = sum(m in _GRAY_MODES for _, m in headers)
+    raise DatasetError(f'The images under {index.root} mix gray and color: {gray[0]} (mode '
+                       f'{gray[1]}) and {color[0]} (mode {color[1]}); {n_gray} of '
+                       f'{len(paths)} are gray. Convert them to one kind (e.g. all to RGB).')
+  if color and num_channels == 1:
+    raise ArgumentError('num_channels', '{name}=1, but the images are color (e.g. {path}, '
+                         'mode {mode}): use 3, or convert them to gray.', path=color[0],
+                         mode=color[1])
+  if small:
+    raise DatasetError(_too_small_message(*small[0], image_size, len(small)))
+
+
+def load_folder_image(file: str, image_size: int, num_channels: int,
+                      upscale: bool = False) -> np.ndarray:
+  """One image of a FOLDER dataset: uint8 [image_size, image_size, num_channels].
+
+  Decoded in full (a truncated file raises), converted to L (gray modes) or RGB (color
+  modes, alpha dropped), cropped to its central square (offsets rounded down), resized with
+  PIL's BICUBIC filter (antialiased: its support scales with the reduction) unless already at
+  image_size; gray repeated to 3 channels if num_channels is 3.
+
+  Raises:
+    DatasetError: the file cannot be decoded (named), an unsupported mode, a color image and
+      num_channels=1, a shorter side below image_size unless `upscale`.
+  """
+  from PIL import Image, ImageFile  # pylint: disable=import-outside-toplevel
+  if ImageFile.LOAD_TRUNCATED_IMAGES:
+    # Set by other code of this process; with it PIL silently pads a truncated file.
+    log.warning('PIL ImageFile.LOAD_TRUNCATED_IMAGES was set; resetting it to False so that '
+                'truncated images are reported.')
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+  try:
+    with Image.open(file) as im:
+      im.load()
+      mode = im.mode
+      if mode in _GRAY_MODES:
+        im = im.convert('L')
+      elif mode in _COLOR_MODES:
+        im = im.convert('RGB')
+  except (*_PIL_ERRORS, Image.DecompressionBombError) as e:
+    raise DatasetError(f'Cannot read the image {file}: {e}. Re-save it or remove it.') from e
+  if mode not in _GRAY_MODES + _COLOR_MODES:
+    raise DatasetError(f'The image {file} has PIL mode {mode!r}; only 8-bit gray and color '
+                       'images are read: convert it to 8-bit.')
+  if im.mode == 'RGB' and num_channels == 1:
+    raise DatasetError(f'The image {file} is color (mode {mode}), but data.num_channels=1.')
+  width, height = im.size
+  side = min(width, height)
+  if side < image_size and not upscale:
+    raise DatasetError(_too_small_message(file, im.size, image_size))
+  left, top = (width - side) // 2, (height - side) // 2
+  im = im.crop((left, top, left + side, top + side))
+  if side != image_size:
+    im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+  x = np.asarray(im, np.uint8)
+  if x.ndim == 2:
+    x = np.repeat(x[..., None], num_channels, axis=-1)
+  return x
+
+
+class _FolderReader:
+  """Decodes images of a FolderIndex in a thread pool, keeping recent ones (FOLDER_CACHE_BYTES)."""
+
+  def __init__(self, index: FolderIndex, spec: DataSpec):
+    self._paths = [os.path.join(index.root, f) for f in index.files]
+    self._args = (spec.image_size, spec.num_channels, spec.upscale)
+    per_image = spec.image_size ** 2 * spec.num_channels
+    self._capacity = max(1, FOLDER_CACHE_BYTES // per_image)
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+    self._in_flight: Dict[int, concurrent.futures.Future] = {}  # an image in two batches ahead
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        min(8, os.cpu_count() or 1), thread_name_prefix='folder_decode')
+
+  def _decode(self, i: int) -> np.ndarray:
+    return load_folder_image(self._paths[i], *self._args)
+
+  def start(self, idx: np.ndarray) -> Callable[[], np.ndarray]:
+    """Starts decoding images `idx` (indices into the index's files); returns a function that
+    waits for them: uint8 [len(idx), S, S, C]. Called from one thread only."""
+    have, futures = {}, {}
+    for i in dict.fromkeys(idx.tolist()):
+      x = self._cache.get(i)
+      if x is not None:
+        self._cache.move_to_end(i)
+        have[i] = x  # kept here even if evicted before the batch is collected
+      else:
+        if i not in self._in_flight:
+          self._in_flight[i] = self._pool.submit(self._decode, i)
+        futures[i] = self._in_flight[i]
+
+    def collect():
+      for i, future in futures.items():
+        have[i] = future.result()
+        self._in_flight.pop(i, None)
+        self._cache[i] = have[i]
+        if len(self._cache) > self._capacity:
+          self._cache.popitem(last=False)
+      return np.stack([have[i] for i in idx.tolist()])
+
+    return collect
+
+  def close(self):
+    self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _augment_examples(x: np.ndarray, positions: Sequence[int], entropy: Sequence[int],
+                      random_flip: bool, uniform_dequantization: bool) -> np.ndarray:
+  """`_augment` of each example of x: float32 [n, H, W, C] in [0, 1] with a generator of its own,
+  seeded by (*entropy, position in the global batch): no draw depends on the host split."""
+  if not (random_flip or uniform_dequantization):
+    return x
+  out = np.empty_like(x)
+  for row, pos in enumerate(positions):
+    rng = np.random.default_rng([*entropy, int(pos)])
+    out[row] = _augment(x[row:row + 1], rng, random_flip, uniform_dequantization)[0]
+  return out
+
+
+def _folder_stream(spec, split, seed, start_step, global_batch, host_slice, evaluation,
+                   random_flip, uniform_dequantization) -> Iterator[Batch]:
+  """Per-step host batches of FOLDER; the tree is scanned and checked before this returns."""
+  index = scan_folder(spec.path)
+  check_folder_images(index, spec.image_size, spec.num_channels, spec.upscale)
+  members = index.split(split)
+  if not len(members):
+    raise DatasetError(f'None of the {len(index.files)} images under data.path={spec.path!r} '
+                       f'falls in the {split} split (about {FOLDER_EVAL_PERCENT}% go to eval, '
+                       'by a hash of their relative path): add images.')
+  log.info('FOLDER %s: %d images, %d in the %s split, %d classes%s.', index.root,
+           len(index.files), len(members), split, len(index.classes),
+           f' ({", ".join(index.classes[:10])}{", ..." if len(index.classes) > 10 else ""})'
+           if index.classes else '')
+  labels = index.labels
+  seed = int(seed) % 2**64
+  lo, hi = host_slice
+  split_id = 0 if split == 'train' else 1
+
+  if evaluation:
+    # One pass in path order in global batches, the last padded (copies of its last image) and
+    # masked; each host decodes its rows. Noise is seeded by the position in the pass.
+    num_steps, first = -(-len(members) // global_batch), 0
+
+    def plan(b):
+      n = min(global_batch, len(members) - b * global_batch)
+      pos = b * global_batch + np.minimum(np.arange(global_batch), n - 1)[lo:hi]
+      mask = (np.arange(global_batch) < n)[lo:hi]
+      return members[pos], pos, (seed, 2, split_id), False, {'mask': mask}
+  else:
+    num_steps, first = None, start_step
+
+    def plan(step):
+      idx = _chain_indices(len(members), seed=seed, stream=split_id, step=step,
+                           batch_size=global_batch)[lo:hi]
+      return members[idx], range(lo, hi), (seed, split_id, 1, step), random_flip, {}
+
+  reader = _FolderReader(index, spec)
+
+  def begin(s):
+    idx, *rest = plan(s)
+    return (idx, *rest, reader.start(idx))
+
+  def finish(idx, positions, entropy, flip, extra, collect):
+    x = _augment_examples(collect().astype(np.float32) / 255., positions, entropy, flip,
+                          uniform_dequantization)
+    return {'image': x, 'label': labels[idx], **extra}
+
+  def stream():
+    s, pending = first, begin(first)
+    while True:
+      following = begin(s + 1) if num_steps is None or s + 1 < num_steps else None
+      yield finish(*pending)  # the next batch decodes meanwhile
+      if following is None:
+        return
+      s, pending = s + 1, following
+
+  steps = stream()
+  # The decoding threads end with the stream: when it is collected (or at exit), not in a
+  # `finally` of the generator, which at interpreter exit runs after concurrent.futures is gone.
+  weakref.finalize(steps, reader.close)
+  return steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -548,7 +921,8 @@ def get_dataset(spec: DataSpec, split: str = 'train', *, batch_size: int, seed: 
 
   Args:
     spec: what to read and how to preprocess it.
-    split: 'train', or 'eval' (the held-out split: test / validation, digits' 10%).
+    split: 'train', or 'eval' (the held-out split: test / validation, digits' 10%, FOLDER's
+      hashed 10%).
     batch_size: global batch size (all hosts together).
     seed: seed of shuffling and augmentation.
     evaluation: one pass in a fixed order, no flips, last batch padded with a 'mask'.
@@ -572,7 +946,11 @@ def get_dataset(spec: DataSpec, split: str = 'train', *, batch_size: int, seed: 
     ValueError: unknown split, start_step or additional_dim that do not fit the stream.
     ArgumentError: batch size not divisible by the devices, additional_dim < 1, spec values
       the stored data contradict (channels, LSUN category).
-    DatasetNotFoundError: the dataset is not prepared on this machine (message says how to).
+    DatasetNotFoundError: the dataset is not prepared on this machine (message says how to),
+      or FOLDER's path is missing or holds no images.
+    DatasetError: FOLDER images that cannot make batches (unreadable, gray and color mixed,
+      smaller than image_size without upscale, none in the split); raised here, except a
+      file that fails to decode, raised by the batch that first reads it.
   """
   if split not in ('train', 'eval'):
     raise ValueError(f"split={split!r}: use 'train' or 'eval'.")
@@ -593,9 +971,12 @@ def get_dataset(spec: DataSpec, split: str = 'train', *, batch_size: int, seed: 
   host_batch = host_batch_size(batch_size, num_devices, process_count)
 
   # Per-step start, counted in single steps even when k steps are fused per element.
+  host_slice = (process_index * host_batch, (process_index + 1) * host_batch)
   if spec.dataset == 'DIGITS':
-    host_slice = (process_index * host_batch, (process_index + 1) * host_batch)
     steps = _digits_stream(spec, split, seed, start_step, batch_size, host_slice, evaluation,
+                           random_flip, bool(uniform_dequantization))
+  elif spec.dataset == 'FOLDER':
+    steps = _folder_stream(spec, split, seed, start_step, batch_size, host_slice, evaluation,
                            random_flip, bool(uniform_dequantization))
   else:
     steps = _tf_stream(spec, split, seed, start_step, host_batch, evaluation, random_flip,

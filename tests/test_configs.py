@@ -97,7 +97,7 @@ SDES = {'vesde', 'vpsde', 'subvpsde'}
 PREDICTORS = {'euler_maruyama', 'reverse_diffusion', 'ancestral_sampling', 'none'}
 CORRECTORS = {'langevin', 'ald', 'none'}
 TFRECORD_DATASETS = {'CelebAHQ', 'FFHQ'}
-DATASETS = {'CIFAR10', 'CELEBA', 'LSUN', 'DIGITS'} | TFRECORD_DATASETS
+DATASETS = {'CIFAR10', 'CELEBA', 'LSUN', 'DIGITS', 'FOLDER'} | TFRECORD_DATASETS
 
 
 def _get(config, dotted):

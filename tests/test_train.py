@@ -93,6 +93,20 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     train.train(tiny_config(**{'model.nf': 16}), str(tmp_path))
 
 
+def test_run_config_check_ignores_keys_added_after_the_run_started(tmp_path):
+  from scoresde_jax.run import loop
+  old = {'training': {'batch_size': 8}, 'data': {'dataset': 'DIGITS'}}
+  loop.check_run_config(str(tmp_path), old, may_differ=())
+  # A later version of the configs added keys: the run resumes.
+  newer = {'training': {'batch_size': 8, 'importance_weighting': False},
+           'data': {'dataset': 'DIGITS', 'path': ''}}
+  loop.check_run_config(str(tmp_path), newer, may_differ=())
+  # A key the run recorded, changed: refused.
+  with pytest.raises(errors.WorkdirConfigMismatch, match='training.batch_size: 8 -> 16'):
+    loop.check_run_config(str(tmp_path), {'training': {'batch_size': 16},
+                                          'data': {'dataset': 'DIGITS'}}, may_differ=())
+
+
 def _main(*args, env=None, timeout=300):
   full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
   return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
@@ -155,17 +169,13 @@ def test_sigterm_saves_and_the_rerun_resumes(tmp_path):
 
 
 def _tensorboard_scalars(directory):
-  """{tag: {step: value}} from the TensorBoard event files clu wrote in `directory`."""
+  """{tag: {step: value}} of the scalars plugin in the TensorBoard event files of `directory`."""
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
   acc = event_accumulator.EventAccumulator(str(directory), size_guidance={'tensors': 0})
   acc.Reload()
-  out = {}
-  for tag in acc.Tags()['tensors']:
-    values = {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
-    if all(v.ndim == 0 and v.dtype.kind == 'f' for v in values.values()):  # not the hparams
-      out[tag] = {step: float(v) for step, v in values.items()}
-  return out
+  return {tag: {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+          for tag in acc.PluginTagToContent('scalars')}
 
 
 def test_progress_log_and_tensorboard_scalars(tmp_path, caplog):
@@ -173,7 +183,7 @@ def test_progress_log_and_tensorboard_scalars(tmp_path, caplog):
   with caplog.at_level('INFO'):
     train.train(config, str(tmp_path))
   text = caplog.text
-  assert 'Parameters:' in text and 'Total: 10,857' in text  # clu's overview at the start
+  assert 'Parameters:' in text and 'Total: 10,857' in text  # the overview at the start
   assert 'step 8/8: loss ' in text and 'steps/s, ETA ' in text
   scalars = _tensorboard_scalars(tmp_path)
   assert sorted(scalars['training_loss']) == [2, 4, 6, 8]  # log_freq 2
@@ -184,6 +194,7 @@ def test_progress_log_and_tensorboard_scalars(tmp_path, caplog):
   assert all(np.isfinite(v) and v > 0 for v in scalars['grad_norm'].values())
   # The same loss in the log line and in TensorBoard.
   assert f"step 8/8: loss {scalars['training_loss'][8]:.5f}" in text
+  assert 8 in scalars['steps_per_sec'] and 8 in scalars['uptime']  # written at the last step
 
 
 _EIGHT_DEVICE_RUN = '''

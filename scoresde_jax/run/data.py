@@ -32,7 +32,8 @@ def data_spec(config) -> datasets.DataSpec:
         # Optional keys; '' (the configs' default) means unset.
         data_dir=data.get('data_dir', None) or None,
         tfrecords_path=data.get('tfrecords_path', '') or '',
-        category=data.get('category', None) or None)
+        category=data.get('category', None) or None,
+        path=data.get('path', '') or '', upscale=bool(data.get('upscale', False)))
 
 
 def get_dataset(config, split: str = 'train', *, evaluation: bool = False,

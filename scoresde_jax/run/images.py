@@ -54,8 +54,14 @@ def save_pngs(pixels: np.ndarray, folder: str):
     files.write_atomic(os.path.join(folder, f'{i:06d}.png'), buffer.getvalue())
 
 
-def save_trajectory(trajectory, path: str, num_samples: int = 8, scale: int = 1):
-  """`trajectory: [T, B, H, W, C]` in [0, 1]: one row per sample, noise (left) to image."""
+def trajectory_rows(trajectory, num_samples: int = 8) -> tuple[np.ndarray, int]:
+  """`trajectory: [T, B, H, W, C]` -> (images in grid order, images per row): one row per
+  sample (the first `num_samples`), noise (left) to image."""
   traj = np.asarray(trajectory)[:, :num_samples]
-  rows = np.transpose(traj, (1, 0, 2, 3, 4)).reshape((-1,) + traj.shape[2:])
-  save_grid(rows, path, nrow=traj.shape[0], scale=scale)
+  return np.transpose(traj, (1, 0, 2, 3, 4)).reshape((-1,) + traj.shape[2:]), traj.shape[0]
+
+
+def save_trajectory(trajectory, path: str, num_samples: int = 8, scale: int = 1):
+  """`trajectory: [T, B, H, W, C]` in [0, 1] as a grid PNG (see `trajectory_rows`)."""
+  rows, nrow = trajectory_rows(trajectory, num_samples)
+  save_grid(rows, path, nrow=nrow, scale=scale)

@@ -54,7 +54,9 @@ def check_run_config(directory: str, record: dict, may_differ: Sequence[str], wh
     with open(path) as f:
       saved = flatten(json.load(f))
     current = flatten(record)
-    differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
+    # Keys the saved config lacks were added to the configs after the run started: not a
+    # difference of the run's (its code used their defaults' behaviour).
+    differing = sorted(k for k in saved if saved[k] != current.get(k)
                        and not any(k.startswith(p) for p in may_differ))
     if differing:
       shown = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differing[:5])
@@ -66,16 +68,22 @@ def check_run_config(directory: str, record: dict, may_differ: Sequence[str], wh
     files.write_json(path, record)
 
 
+_warned_no_tensorboard = False
+
+
 def make_writer(directory: str):
-  """clu writers (console + TensorBoard); None (console only) where clu or TensorBoard is
-  missing."""
+  """The run's TensorBoard writer (`run.tensorboard`: the `tensorboard` package, no
+  TensorFlow); a no-op writer on every process but the first; None (log lines only, one
+  warning) where the `tensorboard` package is missing."""
+  global _warned_no_tensorboard  # pylint: disable=global-statement
   try:
-    from clu import metric_writers  # pylint: disable=import-outside-toplevel
+    from scoresde_jax.run import tensorboard  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    log.warning('No TensorBoard event files (%s); install the tfds extra, '
-                '`pip install "scoresde_jax[tfds]"`, for them.', e)
+    if not _warned_no_tensorboard:
+      _warned_no_tensorboard = True
+      log.warning('No TensorBoard event files (%s); `pip install tensorboard` for them.', e)
     return None
-  return metric_writers.create_default_writer(directory, just_logging=jax.process_index() > 0)
+  return tensorboard.create_writer(directory, active=jax.process_index() == 0)
 
 
 class Preemption:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import hashlib
 import os
 import time
 
@@ -65,6 +66,9 @@ def stats_filename(config) -> str:
   dataset = config.data.dataset
   if dataset == 'LSUN':
     return f'lsun_{config.data.category}_{config.data.image_size}_stats.npz'
+  if dataset == 'FOLDER':  # one file per folder and size: folders share the stats directory
+    digest = hashlib.sha1(os.path.abspath(config.data.path).encode()).hexdigest()[:10]
+    return f'folder_{digest}_{config.data.image_size}_stats.npz'
   return f'{dataset.lower()}_stats.npz'
 
 

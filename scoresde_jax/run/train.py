@@ -75,18 +75,19 @@ def train(config, workdir: str, max_steps: int | None = None):
   mesh = parallel.make_mesh()
   validate_config(config, mesh.size)
   os.makedirs(workdir, exist_ok=True)
-  check_workdir_config(workdir, config)
   replicated = parallel.replicated(mesh)
   n_jitted = int(config.training.n_jitted_steps)
 
   sde = setup.get_sde(config)
   ckpts = checkpoints.RunCheckpoints(workdir)
   initial_step = ckpts.latest_step() or 0
-  # Data first: a missing dataset fails before minutes of network initialization.
+  # Data first: a missing dataset fails before minutes of network initialization, and before
+  # the workdir records the config (a corrected config then starts the same workdir).
   train_iter = data.get_dataset(config, 'train', start_step=initial_step)
   # The eval stream advances n_jitted steps per evaluation, so a resumed run continues it.
   eval_iter = data.get_dataset(
       config, 'eval', start_step=initial_step // config.training.eval_freq * n_jitted)
+  check_workdir_config(workdir, config)
   model, optimizer, state = setup.create_train_state(config, jax.random.PRNGKey(config.seed))
   if initial_step:
     state = ckpts.restore(state, initial_step)
@@ -109,7 +110,7 @@ def train(config, workdir: str, max_steps: int | None = None):
 
   writer = loop.make_writer(workdir)
   if writer is not None and initial_step == 0:
-    writer.write_hparams({k: str(v) for k, v in loop.flatten(loop.config_json(config)).items()})
+    writer.write_hparams(loop.flatten(loop.config_json(config)))
   progress = TrainingProgress(writer, config.training.n_iters, initial_step,
                               setup.learning_rate_schedule(config))
   if initial_step == 0:
@@ -132,7 +133,7 @@ def train(config, workdir: str, max_steps: int | None = None):
     score_fn = setup.get_score_fn(config, sde, model, state.ema_params)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
     save_samples(sampler, score_fn, rng, inverse_scaler,
-                 os.path.join(workdir, 'samples', f'iter_{step}'))
+                 os.path.join(workdir, 'samples', f'iter_{step}'), writer, step)
 
   trainable = loop.Trainable(lambda state: p_train(state, next_batch(train_iter)), evaluate,
                              on_snapshot if sampler is not None else None,
@@ -141,9 +142,11 @@ def train(config, workdir: str, max_steps: int | None = None):
                          max_steps, where=workdir)
 
 
-def save_samples(sampler, score_fn, rng, inverse_scaler, directory: str):
+def save_samples(sampler, score_fn, rng, inverse_scaler, directory: str, writer=None,
+                 step: int = 0):
   """A grid (sample.png), the uint8 samples (sample.npz) and, from a PC sampler, a picture of
-  the diffusion (diffusion.png) in `directory`."""
+  the diffusion (diffusion.png) in `directory`; the same two pictures to `writer`
+  (TensorBoard images 'samples' and 'diffusion' at `step`) when one is given."""
   out = sampler(rng, score_fn)
   samples = inverse_scaler(parallel.gather(out[0]))  # collective: every host gathers
   trajectory = inverse_scaler(parallel.gather(out[2])) if len(out) == 3 else None
@@ -152,8 +155,21 @@ def save_samples(sampler, score_fn, rng, inverse_scaler, directory: str):
   os.makedirs(directory, exist_ok=True)
   image_size = samples.shape[1]
   scale = max(1, 128 // image_size)
-  images.save_grid(samples, os.path.join(directory, 'sample.png'),
-                   nrow=int(math.sqrt(len(samples))), scale=scale)
+  nrow = int(math.sqrt(len(samples)))
+  images.save_grid(samples, os.path.join(directory, 'sample.png'), nrow=nrow, scale=scale)
   files.write_npz(os.path.join(directory, 'sample.npz'), samples=images.to_uint8(samples))
   if trajectory is not None:
     images.save_trajectory(trajectory, os.path.join(directory, 'diffusion.png'), scale=scale)
+  if writer is not None:
+    # Unscaled pictures (TensorBoard zooms), but tiles of at least 32 pixels: the 8x8 digits
+    # would be specks.
+    tb_scale = max(1, 32 // image_size)
+    pictures = {'samples': images.make_grid(samples, nrow)}
+    if trajectory is not None:
+      pictures['diffusion'] = images.make_grid(*images.trajectory_rows(trajectory))
+    writer.write_images(step, {name: _upscale(grid, tb_scale) for name, grid in pictures.items()})
+
+
+def _upscale(image: np.ndarray, scale: int) -> np.ndarray:
+  """Nearest-neighbour upscaling of `image: [H, W, C]` by an integer factor."""
+  return image if scale == 1 else image.repeat(scale, axis=0).repeat(scale, axis=1)
