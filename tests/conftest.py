@@ -20,16 +20,3 @@ def pytest_sessionfinish(session):
   if not hasattr(session.config, 'workerinput'):  # the controller, after its workers
     shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
-
-# The modules that hold the long tests (whole training runs, notebooks, subprocesses), run
-# first: with `--dist worksteal` (README's test command) the other worker fills in with the
-# short ones, and the run does not end on one long test while a worker idles. Whole modules
-# move, so module-scoped fixtures are still set up once per worker.
-_LONG_FIRST = ('test_notebooks.py', 'test_train.py', 'test_sampler_paths.py',
-               'test_pretrained.py', 'test_classifier.py', 'test_evaluate.py')
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  rank = {name: i for i, name in enumerate(_LONG_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within

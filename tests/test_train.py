@@ -39,11 +39,15 @@ def tiny_config(sde='ve', **overrides):
   return set_keys(config, overrides)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, caplog):
   """Bit for bit: parameters, EMA, optimizer state, step and RNG (dropout on, so the RNG
-  stream and the data stream both matter)."""
-  config = tiny_config(**{'training.snapshot_sampling': True})
-  straight = train.train(config, str(tmp_path / 'straight'))
+  stream and the data stream both matter; the warm-up spans the interruption). The
+  uninterrupted run's log and TensorBoard scalars are checked too (one run for both)."""
+  config = tiny_config(**{'training.snapshot_sampling': True, 'optim.warmup': 5,
+                          'optim.lr': 1e-3})
+  with caplog.at_level('INFO'):
+    straight = train.train(config, str(tmp_path / 'straight'))
+  check_progress_log_and_tensorboard_scalars(caplog.text, tmp_path / 'straight')
   main.run('train', config, str(tmp_path / 'resumed'), max_steps=2)  # "killed" at step 2
   assert checkpoints.RunCheckpoints(str(tmp_path / 'resumed')).latest_step() == 2
   resumed = train.train(config, str(tmp_path / 'resumed'))
@@ -178,14 +182,11 @@ def _tensorboard_scalars(directory):
           for tag in acc.PluginTagToContent('scalars')}
 
 
-def test_progress_log_and_tensorboard_scalars(tmp_path, caplog):
-  config = tiny_config(**{'optim.warmup': 5, 'optim.lr': 1e-3})
-  with caplog.at_level('INFO'):
-    train.train(config, str(tmp_path))
-  text = caplog.text
+def check_progress_log_and_tensorboard_scalars(text, workdir):
+  """The log and TensorBoard scalars of a tiny_config run with warm-up 5 and lr 1e-3."""
   assert 'Parameters:' in text and 'Total: 10,857' in text  # the overview at the start
   assert 'step 8/8: loss ' in text and 'steps/s, ETA ' in text
-  scalars = _tensorboard_scalars(tmp_path)
+  scalars = _tensorboard_scalars(workdir)
   assert sorted(scalars['training_loss']) == [2, 4, 6, 8]  # log_freq 2
   assert sorted(scalars['eval_loss']) == [4, 8]
   # The learning rate of the update that made step s: lr * min((s - 1) / warmup, 1).
