@@ -24,6 +24,7 @@ import pytest
 
 import notebook_utils as nu
 from run_utils import reference_checkpoint_config, write_config_file
+from xla_test_flags import xla_flags
 
 FIXTURES = os.path.join(nu.ROOT, 'tests', 'fixtures')
 CHECKPOINT = os.path.join(FIXTURES, 'ref_ve_ncsnpp.pth')
@@ -40,8 +41,8 @@ EVALUATE = dict(INCEPTION_WEIGHTS='random', NUM_REF_IMAGES=16, NUM_DEMO_IMAGES=8
                 FAST_STEPS=5)
 TINY = {'quickstart': QUICKSTART, 'pretrained': PRETRAINED, 'evaluate': EVALUATE}
 # Extra kernel environment per notebook.
-ENVS = {'quickstart': {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
-        'pretrained': {'XLA_FLAGS': ''}, 'evaluate': {'XLA_FLAGS': ''}}
+ENVS = {'quickstart': {'XLA_FLAGS': xla_flags(2)},
+        'pretrained': {'XLA_FLAGS': xla_flags()}, 'evaluate': {'XLA_FLAGS': xla_flags()}}
 
 
 def parameter_names(nb):

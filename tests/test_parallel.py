@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 
 from scoresde_jax import parallel
+from xla_test_flags import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +63,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def _run_on_8_devices(script: str, timeout: int) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS='cpu')
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
   return subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True,
@@ -182,7 +183,7 @@ def test_two_hosts_keep_their_rows_and_gather_in_host_order():
   with socket.socket() as sock:  # a free port for the coordinator
     sock.bind(('localhost', 0))
     address = f'localhost:{sock.getsockname()[1]}'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4),
              JAX_PLATFORMS='cpu')
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
   procs = [subprocess.Popen([sys.executable, '-c', _HOST_SCRIPT, str(i), address], cwd=REPO,

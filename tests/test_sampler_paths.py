@@ -16,6 +16,8 @@ import subprocess
 import sys
 import textwrap
 
+from xla_test_flags import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('pc', 'ode', 'ddim', 'dpm_solver_1', 'dpm_solver_2m', 'dpm_solver_3m', 'heun')
 
@@ -101,7 +103,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_every_entry_point_builds_the_same_sampler():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS='cpu')
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
   proc = subprocess.run([sys.executable, '-c', SCRIPT, json.dumps(METHODS)], cwd=REPO, env=env,

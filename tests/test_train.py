@@ -15,6 +15,7 @@ from scoresde_jax import checkpoints, errors
 from scoresde_jax.run import setup, train
 
 from run_utils import leaves_equal, set_keys
+from xla_test_flags import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,7 +138,7 @@ def test_mistakes_get_one_clear_line(tmp_path, args, message):
 def test_batch_not_divisible_by_devices(tmp_path):
   proc = _main('--mode', 'train', '--workdir', str(tmp_path), '--config', 'configs/ve/digits.py',
                '--config.training.batch_size=12',
-               env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+               env={'XLA_FLAGS': xla_flags(8)})
   assert proc.returncode == 2  # a user error (main.USER_ERROR)
   assert 'training.batch_size=12 is not divisible by the 8 devices' in proc.stderr
   assert 'Traceback' not in proc.stderr
@@ -217,7 +218,7 @@ def test_eight_device_run_matches_one_device(tmp_path, caplog):
   out = str(tmp_path / 'eight.npz')
   script = _EIGHT_DEVICE_RUN.format(root=ROOT, tests=os.path.join(ROOT, 'tests'),
                                     workdir=str(tmp_path / 'eight'), out=out)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
@@ -289,7 +290,7 @@ def test_two_process_run_matches_one_process(tmp_path):
           '--config', 'configs/ve/digits.py'] + [f'--config.{k}={v}' for k, v in overrides.items()]
   procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(
-                                os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, XLA_FLAGS='',
+                                os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, XLA_FLAGS=xla_flags(),
                                 JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
                                 JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
                                 JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(pid)))
