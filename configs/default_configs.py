@@ -28,12 +28,21 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.snapshot_freq_for_preemption = 10000
   # Draw a sample grid at each snapshot.
   training.snapshot_sampling = True
+  # Class-conditional models (model.num_classes > 0): the probability that a label becomes
+  # the null class, so that the network also learns the unconditional score that
+  # classifier-free guidance needs. Not in the reference's configs.
+  training.label_dropout = 0.1
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
   sampling.noise_removal = True
   sampling.probability_flow = False
   sampling.snr = 0.16
+  # Class-conditional models only: classifier-free guidance scale w, sampling the score
+  # (1 + w) s(x, t, y) - w s(x, t); 0 = the conditional model as trained.
+  sampling.guidance_scale = 0.
+  # -1: balanced classes (sample i of a batch gets class i % num_classes); k: every sample k.
+  sampling.class_label = -1
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9
@@ -83,6 +92,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.beta_min = 0.1
   model.beta_max = 20.
   model.num_scales = 1000
+  # Classes of a class-conditional U-Net (ncsnpp, ddpm); 0 = unconditional, as the paper's
+  # models. NCSN configs tie it to num_scales instead (its noise levels).
+  model.num_classes = 0
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-4

@@ -16,7 +16,10 @@ one (see tests/test_controllable.py for measured cases).
 
 Class-conditional sampling adds the gradient of a time-dependent classifier's
 log-probability: score(x, t) + scale * grad_x log p_t(y | x). Any sampler then samples
-(approximately, for scale != 1) p_0(x | y).
+(approximately, for scale != 1) p_0(x | y). Classifier-free guidance needs no classifier:
+(1 + w) s(x, t, y) - w s(x, t) from a conditional and an unconditional score
+(`guided_score_fn`; a class-conditional network does both in one call through
+`models.get_score_fn(..., class_labels=, guidance_scale=)`).
 
 Interpolation encodes two data points to probability-flow ODE latents (the ODE run from
 eps to T), interpolates the latents (spherically by default, since they are Gaussian) and
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde_jax import samplers, sampling, sde_lib
+from scoresde_jax import models, samplers, sampling, sde_lib
 
 # Columns: the gray direction (1, 1, 1) / sqrt(3) and two chroma directions orthogonal to
 # it, (-2, 1, 1) / sqrt(6) and (0, 1, -1) / sqrt(2). Orthonormal, so its inverse is its
@@ -170,6 +173,24 @@ def conditional_score_fn(score_fn, log_prob_fn, labels, scale: float = 1.0):
                      f'dtype {labels.dtype}.')
   return jax.tree_util.Partial(_conditional_score, sampling.as_partial(score_fn),
                                sampling.as_partial(log_prob_fn), labels, jnp.float32(scale))
+
+
+def _guided_score(cond_score_fn, uncond_score_fn, guidance_scale, x, t):
+  return models.guided_score(cond_score_fn(x, t), uncond_score_fn(x, t), guidance_scale)
+
+
+def guided_score_fn(cond_score_fn, uncond_score_fn, guidance_scale: float):
+  """Classifier-free guidance of two score functions: (1 + w) cond(x, t) - w uncond(x, t)
+  (`models.guided_score`), the score of p_t(x | y)^(1 + w) / p_t(x)^w.
+
+  For any pair of batched scores (an exact conditional one such as a single component of a
+  `gmm.GaussianMixture`, and the mixture's); a class-conditional network gets the same in
+  one call on a doubled batch from `models.get_score_fn(..., class_labels, guidance_scale)`.
+  Returns a `jax.tree_util.Partial` (bound arrays and `guidance_scale` are traced inputs).
+  """
+  return jax.tree_util.Partial(_guided_score, sampling.as_partial(cond_score_fn),
+                               sampling.as_partial(uncond_score_fn),
+                               jnp.float32(guidance_scale))
 
 
 def slerp(z0, z1, weights):

@@ -1,16 +1,21 @@
 """Training objectives and the jit-compiled training step.
 
 A network enters the objectives as `apply_fn(params, x, labels, rng) -> output`, its raw
-output (the dropout `rng` is unused by deterministic models). The SDE-specific meaning of
+output (the dropout `rng` is unused by deterministic models); a class-conditional one
+(`num_classes` > 0) as `apply_fn(params, x, labels, rng, class_labels=y)`. The SDE-specific meaning of
 labels and outputs is applied by `models.model_fn_to_score_fn`, the single place that
 holds those conventions; the discrete SMLD and DDPM losses use the raw output directly,
 as in the reference.
 
-A loss function is `loss_fn(params, batch, rng) -> loss` with `batch: [B, H, W, C]`.
+A loss function is `loss_fn(params, batch, rng) -> loss` with `batch: [B, H, W, C]` or
+{'image': [B, H, W, C], 'label': [B] int}. With `num_classes` > 0 the labels condition the
+network, each replaced by the null class `num_classes` with probability `label_dropout`
+(`drop_labels`), so one network learns the conditional and the unconditional scores that
+classifier-free guidance combines (Ho & Salimans 2022).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -24,6 +29,42 @@ from scoresde_jax.sde_lib import batch_mul
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
+def drop_labels(rng, labels, num_classes: int, rate: float):
+  """Each of `labels` ([B] int) replaced by the null class `num_classes` with probability
+  `rate`, independently: classifier-free guidance's label dropout."""
+  drop = jax.random.bernoulli(rng, rate, labels.shape)
+  return jnp.where(drop, num_classes, labels).astype(jnp.int32)
+
+
+def _check_conditioning(num_classes, label_dropout):
+  if num_classes < 0:
+    raise ValueError(f'num_classes must be >= 0 (0: unconditional), got {num_classes}.')
+  if not 0.0 <= label_dropout <= 1.0:
+    raise ValueError(f'label_dropout must lie in [0, 1], got {label_dropout}.')
+
+
+def _images_and_labels(batch, rng, num_classes: int, label_dropout: float):
+  """(images [B, ...], class labels [B] or None) of a batch: an image array or a dict with
+  'image' (and 'label'); labels only for a class-conditional network, after dropout."""
+  images = batch['image'] if isinstance(batch, Mapping) else batch
+  if not num_classes:
+    return images, None
+  if not isinstance(batch, Mapping) or 'label' not in batch:
+    raise ValueError('A class-conditional objective (num_classes > 0) needs batches '
+                     "{'image', 'label'}.")
+  labels = batch['label'].astype(jnp.int32)
+  if label_dropout > 0:
+    # The 4th key of the 3-way split the objectives make of `rng`: independent of the
+    # other three, which stay those of unconditional training.
+    labels = drop_labels(jax.random.split(rng, 4)[3], labels, num_classes, label_dropout)
+  return images, labels
+
+
+def _class_kwargs(class_labels):
+  # Unconditional networks are called as they always were (no class_labels argument).
+  return {} if class_labels is None else {'class_labels': class_labels}
+
+
 def _per_example(losses, reduce_mean):
   """Mean (reduce_mean) or half sum over the data dimensions: [B, ...] -> [B]."""
   flat = losses.reshape(losses.shape[0], -1)
@@ -32,7 +73,8 @@ def _per_example(losses, reduce_mean):
 
 def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, continuous: bool = True,
                     reduce_mean: bool = True, likelihood_weighting: bool = False,
-                    eps: float = 1e-5, importance_weighting: bool = False):
+                    eps: float = 1e-5, importance_weighting: bool = False,
+                    num_classes: int = 0, label_dropout: float = 0.0):
   """Denoising score matching over t ~ U(eps, T).
 
   Weighting lambda(t) = std(t)^2 (the paper's) by default: E |std * score + z|^2; with
@@ -40,12 +82,15 @@ def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, continuous: bool = True
   E g^2 |score + z / std|^2. `importance_weighting` (with `likelihood_weighting`) draws t
   from q(t) ~ g^2 / std^2 instead and weights each term by u(t) / q(t): the same
   expectation with a much smaller variance (`sde_lib.importance_sampled_times`).
+  `num_classes`, `label_dropout`: class conditioning (see the module docstring).
   """
   if importance_weighting and not likelihood_weighting:
     raise ValueError('importance_weighting samples t for the likelihood weighting; it needs '
                      'likelihood_weighting=True.')
+  _check_conditioning(num_classes, label_dropout)
 
   def loss_fn(params, batch, rng):
+    batch, class_labels = _images_and_labels(batch, rng, num_classes, label_dropout)
     t_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
     if importance_weighting:
       t, weights = sde_lib.importance_sampled_times(sde, t_rng, (batch.shape[0],), eps)
@@ -54,7 +99,8 @@ def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, continuous: bool = True
     z = jax.random.normal(z_rng, batch.shape, batch.dtype)
     mean, std = sde.marginal_prob(batch, t)
     perturbed = mean + batch_mul(std, z)
-    model_fn = lambda x, labels: apply_fn(params, x, labels, dropout_rng)
+    model_fn = lambda x, labels: apply_fn(params, x, labels, dropout_rng,
+                                          **_class_kwargs(class_labels))
     score = model_fn_to_score_fn(sde, model_fn, continuous)(perturbed, t).astype(jnp.float32)
     if likelihood_weighting:
       g2 = sde.sde(jnp.zeros_like(batch), t)[1] ** 2
@@ -68,55 +114,69 @@ def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, continuous: bool = True
   return loss_fn
 
 
-def get_smld_loss_fn(vesde: sde_lib.VESDE, apply_fn: ApplyFn, reduce_mean: bool = False):
+def get_smld_loss_fn(vesde: sde_lib.VESDE, apply_fn: ApplyFn, reduce_mean: bool = False,
+                     num_classes: int = 0, label_dropout: float = 0.0):
   """NCSN's discrete loss: sigma^2-weighted score matching at the N noise levels.
 
   Labels are noise-level indices with 0 the largest sigma, as SMLD models expect.
+  `num_classes`, `label_dropout`: class conditioning (see the module docstring).
   """
   if not isinstance(vesde, sde_lib.VESDE):
     raise ValueError('The SMLD loss is defined for the VE SDE (config.training.sde = "vesde").')
+  _check_conditioning(num_classes, label_dropout)
 
   def loss_fn(params, batch, rng):
+    batch, class_labels = _images_and_labels(batch, rng, num_classes, label_dropout)
     label_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
     labels = jax.random.randint(label_rng, (batch.shape[0],), 0, vesde.N)
     sigmas = vesde.discrete_sigmas[::-1][labels]
     noise = batch_mul(sigmas, jax.random.normal(z_rng, batch.shape, batch.dtype))
-    score = apply_fn(params, batch + noise, labels, dropout_rng).astype(jnp.float32)
+    score = apply_fn(params, batch + noise, labels, dropout_rng,
+                     **_class_kwargs(class_labels)).astype(jnp.float32)
     target = -batch_mul(1.0 / sigmas**2, noise)
     return jnp.mean(_per_example(jnp.square(score - target), reduce_mean) * sigmas**2)
 
   return loss_fn
 
 
-def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, apply_fn: ApplyFn, reduce_mean: bool = True):
-  """DDPM's discrete epsilon-matching loss at the N steps of its Markov chain."""
+def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, apply_fn: ApplyFn, reduce_mean: bool = True,
+                     num_classes: int = 0, label_dropout: float = 0.0):
+  """DDPM's discrete epsilon-matching loss at the N steps of its Markov chain.
+
+  `num_classes`, `label_dropout`: class conditioning (see the module docstring).
+  """
   if not isinstance(vpsde, sde_lib.VPSDE):
     raise ValueError('The DDPM loss is defined for the VP SDE (config.training.sde = "vpsde").')
+  _check_conditioning(num_classes, label_dropout)
 
   def loss_fn(params, batch, rng):
+    batch, class_labels = _images_and_labels(batch, rng, num_classes, label_dropout)
     label_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
     labels = jax.random.randint(label_rng, (batch.shape[0],), 0, vpsde.N)
     noise = jax.random.normal(z_rng, batch.shape, batch.dtype)
     perturbed = (batch_mul(vpsde.sqrt_alphas_cumprod[labels], batch)
                  + batch_mul(vpsde.sqrt_1m_alphas_cumprod[labels], noise))
-    out = apply_fn(params, perturbed, labels, dropout_rng).astype(jnp.float32)
+    out = apply_fn(params, perturbed, labels, dropout_rng,
+                   **_class_kwargs(class_labels)).astype(jnp.float32)
     return jnp.mean(_per_example(jnp.square(out - noise), reduce_mean))
 
   return loss_fn
 
 
 def get_loss_fn(sde, apply_fn, continuous=True, reduce_mean=False, likelihood_weighting=False,
-                eps=1e-5, importance_weighting=False):
-  """The paper's objective for `sde`: continuous DSM, or SMLD / DDPM when not continuous."""
+                eps=1e-5, importance_weighting=False, num_classes=0, label_dropout=0.0):
+  """The paper's objective for `sde`: continuous DSM, or SMLD / DDPM when not continuous;
+  class-conditional with `num_classes` > 0 (see the module docstring)."""
+  conditioning = dict(num_classes=num_classes, label_dropout=label_dropout)
   if continuous:
     return get_sde_loss_fn(sde, apply_fn, True, reduce_mean, likelihood_weighting, eps,
-                           importance_weighting)
+                           importance_weighting, **conditioning)
   if likelihood_weighting or importance_weighting:
     raise ValueError('Likelihood weighting needs continuous training (config.training.continuous).')
   if isinstance(sde, sde_lib.VESDE):
-    return get_smld_loss_fn(sde, apply_fn, reduce_mean)
+    return get_smld_loss_fn(sde, apply_fn, reduce_mean, **conditioning)
   if isinstance(sde, sde_lib.VPSDE):
-    return get_ddpm_loss_fn(sde, apply_fn, reduce_mean)
+    return get_ddpm_loss_fn(sde, apply_fn, reduce_mean, **conditioning)
   raise ValueError(f'Discrete-time training is defined for VESDE and VPSDE, not {type(sde).__name__}.')
 
 

@@ -4,6 +4,8 @@
   x: [B, H, W, C] float32 (in [0, 1] unless `centered`, then [-1, 1]);
   labels: [B] timesteps (integers for discrete DDPM, t * 999 for continuous training);
   returns [B, H, W, C] float32 (divided by sigmas[labels] when `scale_by_sigma`).
+With `num_classes` > 0, `apply(..., class_labels=y)` also takes y: [B] int class labels in
+[0, num_classes], num_classes being the null class (None: null for the whole batch).
 
 Each field is set by the `config.model` key of its name (`centered` by config.data.centered).
 
@@ -49,7 +51,7 @@ class DDPM(layers.UNet):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x, labels, train: bool = True):
+  def __call__(self, x, labels, train: bool = True, class_labels=None):
     act, dtype = self.act_and_dtype()
     nf, ch_mult = self.nf, self.ch_mult
     num_resolutions = len(ch_mult)
@@ -66,6 +68,7 @@ class DDPM(layers.UNet):
     temb = None
     if self.conditional:
       temb = layers.time_mlp(layers.get_timestep_embedding(labels, nf), nf, act, dtype)
+    temb = self.class_embedding(temb, class_labels)
 
     x = x.astype(jnp.float32)
     h = x if self.centered else 2 * x - 1.

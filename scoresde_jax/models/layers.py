@@ -11,6 +11,7 @@ statistics, attention softmax and embeddings are computed in float32.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, Optional
@@ -185,6 +186,26 @@ def time_mlp(temb, nf: int, act, dtype):
   return dense()(act(h))
 
 
+def add_class_embedding(temb, class_labels, num_classes: int):
+  """temb + a learned embedding of `class_labels`: how a class-conditional U-Net conditions.
+
+  temb: [B, D], the output of `time_mlp`; class_labels: [B] int in [0, num_classes], where
+  `num_classes` is the null class (the unconditional model of classifier-free guidance), or
+  None: the null class for the whole batch. The table `class_embed` [num_classes + 1, D]
+  starts at zero, so a fresh conditional network computes what the unconditional one does,
+  for every label. Call it inside the network: the Embed is the network's. Named
+  explicitly: an explicit name takes no auto-generated index from the other layers.
+  """
+  if class_labels is None:
+    class_labels = jnp.full((temb.shape[0],), num_classes, jnp.int32)
+  if class_labels.shape != temb.shape[:1]:
+    raise ValueError(f'class_labels must be [B] = [{temb.shape[0]}], got shape '
+                     f'{class_labels.shape}.')
+  embed = nn.Embed(num_classes + 1, temb.shape[-1], embedding_init=nn.initializers.zeros,
+                   param_dtype=jnp.float32, name='class_embed')
+  return temb + embed(class_labels.astype(jnp.int32)).astype(temb.dtype)
+
+
 def add_time_embedding(h, temb, act, dtype):
   """h + Dense(act(temb)) over every pixel: a residual block's conditioning on the noise
   level (h unchanged when `temb` is None). Call it inside the block: the Dense is the block's."""
@@ -235,6 +256,9 @@ class UNet(nn.Module):
     scale_by_sigma: divide the output by the noise level of the labels.
     nonlinearity: elu | relu | lrelu | swish.
     centered: inputs are in [-1, 1] already (else [0, 1]).
+    num_classes: classes of a class-conditional network (`__call__(..., class_labels=)`,
+      `add_class_embedding`); 0 (the default) builds the unconditional network, parameters
+      and outputs unchanged. Needs `conditional` (the class embedding joins the time one).
   """
   nf: int
   ch_mult: tuple[int, ...]
@@ -246,8 +270,17 @@ class UNet(nn.Module):
   scale_by_sigma: bool
   nonlinearity: str
   centered: bool
+  # Keyword-only: a field with a default here, before the subclasses' required fields.
+  num_classes: int = dataclasses.field(default=0, kw_only=True)
 
   def __post_init__(self):
+    if (not isinstance(self.num_classes, (int, np.integer)) or isinstance(self.num_classes, bool)
+        or self.num_classes < 0):
+      raise ArgumentError('num_classes', '{name} must be an integer >= 0 (0: unconditional), '
+                          'got {value!r}.', value=self.num_classes)
+    if self.num_classes and not self.conditional:
+      raise ArgumentError('num_classes', '{name}={value} needs conditional=True: the class '
+                          'embedding is added to the time embedding.', value=self.num_classes)
     self.act_and_dtype()  # unknown names fail when the network is built
     super().__post_init__()
 
@@ -255,6 +288,16 @@ class UNet(nn.Module):
     """The activation of `nonlinearity` and the compute dtype of `dtype` (a field each
     subclass declares with its defaults, after its own required fields)."""
     return get_act(self.nonlinearity), get_dtype(self.dtype)
+
+  def class_embedding(self, temb, class_labels):
+    """temb with the class embedding of `class_labels` added (`add_class_embedding`); temb
+    itself for an unconditional network, which takes no class labels."""
+    if not self.num_classes:
+      if class_labels is not None:
+        raise ArgumentError('class_labels', '{name} given to an unconditional network '
+                            '(num_classes=0).')
+      return temb
+    return add_class_embedding(temb, class_labels, self.num_classes)
 
   def check_inputs(self, x, labels):
     """x: [B, H, W, C], H and W divisible by 2^(len(ch_mult) - 1); labels: [B]."""

@@ -5,6 +5,8 @@
   labels: [B] -- sigma(t) for the 'fourier' embedding, a (possibly fractional) timestep or
     noise-level index for 'positional' (used sigma = sigmas[int(label)]);
   returns [B, H, W, C] float32; divided by the used sigma when `scale_by_sigma`.
+With `num_classes` > 0, `apply(..., class_labels=y)` also takes y: [B] int class labels in
+[0, num_classes], num_classes being the null class (None: null for the whole batch).
 Dropout draws from the 'dropout' RNG stream when `train`.
 
 Each field is set by the `config.model` key of its name (`centered` by config.data.centered).
@@ -86,7 +88,7 @@ class NCSNpp(layers.UNet):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x, time_cond, train: bool = True):
+  def __call__(self, x, time_cond, train: bool = True, class_labels=None):
     act, dtype = self.act_and_dtype()
     nf = self.nf
     ch_mult = tuple(self.ch_mult)
@@ -118,6 +120,7 @@ class NCSNpp(layers.UNet):
       temb = layers.get_timestep_embedding(time_cond, nf)
 
     temb = layers.time_mlp(temb, nf, act, dtype) if conditional else None
+    temb = self.class_embedding(temb, class_labels)
 
     attn_block = functools.partial(layerspp.AttnBlockpp, init_scale=init_scale,
                                    skip_rescale=skip_rescale, dtype=dtype)

@@ -7,6 +7,9 @@ network from a config by name; nothing here reads a config. What the `labels` me
 the output relates to the score depends on the SDE and on whether the model was trained
 with continuous or discrete time; those conventions (the reference's, so official
 checkpoints give the same scores) live in `model_fn_to_score_fn` and nowhere else.
+
+Class-conditional U-Nets (`num_classes` > 0) also take `class_labels`; `get_score_fn` turns
+them, with classifier-free guidance (`guided_score`), into a plain `score_fn(x, t)`.
 """
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scoresde_jax import sde_lib
 from scoresde_jax.errors import ArgumentError
+from scoresde_jax.models import layers
 
 _MODELS: dict[str, type[nn.Module]] = {}
 # Modules whose import registers architectures; imported on the first registry lookup.
@@ -84,13 +89,27 @@ def init_params(model: nn.Module, rng: jax.Array, image_shape: Sequence[int],
   return init({'params': params_rng, 'dropout': dropout_rng}, x, labels)
 
 
-def get_model_fn(model, params, train: bool = False, rng=None) -> ModelFn:
-  """`model_fn(x, labels)`: the raw network output. `rng` feeds dropout when training."""
+def class_count(model) -> int:
+  """The classes of a class-conditional network (a U-Net's `num_classes`): 0 for an
+  unconditional one and for every other architecture (NCSN's `num_classes` counts noise
+  levels, not classes)."""
+  return int(model.num_classes) if isinstance(model, layers.UNet) else 0
+
+
+def get_model_fn(model, params, train: bool = False, rng=None, class_labels=None) -> ModelFn:
+  """`model_fn(x, labels)`: the raw network output. `rng` feeds dropout when training.
+
+  `class_labels`: [B] int, given to a class-conditional network (`class_count(model)` > 0;
+  the null class `num_classes` stands for no class); None calls the network as before
+  (a conditional one then sees the null class).
+  """
+  kwargs = {} if class_labels is None else {'class_labels': class_labels}
 
   def model_fn(x, labels):
     if train:
-      return model.apply({'params': params}, x, labels, train=True, rngs={'dropout': rng})
-    return model.apply({'params': params}, x, labels, train=False)
+      return model.apply({'params': params}, x, labels, train=True, rngs={'dropout': rng},
+                         **kwargs)
+    return model.apply({'params': params}, x, labels, train=False, **kwargs)
 
   return model_fn
 
@@ -132,29 +151,93 @@ def model_fn_to_score_fn(sde: sde_lib.SDE, model_fn: ModelFn, continuous: bool):
   return score_fn
 
 
+def guided_score(cond_score, uncond_score, guidance_scale):
+  """Classifier-free guidance (Ho & Salimans 2022): (1 + w) s(x, t, y) - w s(x, t).
+
+  The score of p_t(x | y)^(1 + w) / p_t(x)^w, i.e. of p_t(x) p_t(y | x)^(1 + w) up to a
+  constant: w = 0 is the conditional score, w > 0 sharpens the class. Linear, so it holds
+  for noise predictions as well. The one place of the formula: networks (`ScoreFn`) and
+  analytic scores (`controllable.guided_score_fn`) use it.
+  """
+  return (1.0 + guidance_scale) * cond_score - guidance_scale * uncond_score
+
+
+def cycle_labels(class_labels, batch_size: int):
+  """[L] labels -> [batch_size]: example i gets class_labels[i % L] (`get_score_fn`)."""
+  class_labels = jnp.asarray(class_labels, jnp.int32).reshape(-1)
+  return class_labels[jnp.arange(batch_size) % class_labels.shape[0]]
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoreFn:
-  """`score(params, x, t)` of `model` under `sde`'s convention (see `model_fn_to_score_fn`).
+  """`score(params, x, t, class_labels=None)` of `model` under `sde`'s convention (see
+  `model_fn_to_score_fn`).
 
-  A value: SDEs and networks compare by their fields, so equal (sde, model, continuous)
-  give equal ScoreFns, and a jitted function taking one compiles once for all of them.
-  Evaluation mode (no dropout). x: [B, H, W, C], t: [B] -> [B, H, W, C].
+  A value: SDEs and networks compare by their fields, so equal (sde, model, continuous,
+  guidance_scale) give equal ScoreFns, and a jitted function taking one compiles once for
+  all of them (and once per guidance scale). Evaluation mode (no dropout).
+  x: [B, H, W, C], t: [B] -> [B, H, W, C]; class_labels: [L] int, cycled over the batch
+  (`cycle_labels`), or None: the network without class labels (the null class of a
+  class-conditional one). With labels and guidance_scale w != 0, the guided score
+  `guided_score` of one network call on the doubled batch ([x, x] with labels [y, null]).
   """
   sde: sde_lib.SDE
   model: nn.Module
   continuous: bool
+  guidance_scale: float = 0.0
 
-  def __call__(self, params, x, t):
-    return model_fn_to_score_fn(self.sde, get_model_fn(self.model, params),
-                                self.continuous)(x, t)
+  def _score(self, params, x, t, class_labels):
+    model_fn = get_model_fn(self.model, params, class_labels=class_labels)
+    return model_fn_to_score_fn(self.sde, model_fn, self.continuous)(x, t)
+
+  def __call__(self, params, x, t, class_labels=None):
+    if class_labels is None:
+      return self._score(params, x, t, None)
+    batch = x.shape[0]
+    labels = cycle_labels(class_labels, batch)
+    if not self.guidance_scale:
+      return self._score(params, x, t, labels)
+    null = jnp.full((batch,), class_count(self.model), jnp.int32)
+    both = self._score(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                       jnp.concatenate([labels, null]))
+    return guided_score(both[:batch], both[batch:], self.guidance_scale)
 
 
-def get_score_fn(sde, model, params, continuous: bool) -> jax.tree_util.Partial:
+def get_score_fn(sde, model, params, continuous: bool, class_labels=None,
+                 guidance_scale: float = 0.0) -> jax.tree_util.Partial:
   """`score_fn(x, t)` of a network with parameters `params` (see `model_fn_to_score_fn`).
 
-  A `jax.tree_util.Partial` of a `ScoreFn` holding `params` as its argument: samplers
-  receive the parameters as inputs of their compiled program rather than as constants, and
-  the ScoreFn (static, compared by value) makes one compilation serve every checkpoint of
-  every equal network.
+  A `jax.tree_util.Partial` of a `ScoreFn` holding `params` (and `class_labels`) as its
+  arguments: samplers receive them as inputs of their compiled program rather than as
+  constants, and the ScoreFn (static, compared by value) makes one compilation serve every
+  checkpoint of every equal network.
+
+  Class-conditional networks (`class_count(model)` = K > 0):
+    class_labels: an int, or [L] ints in [0, K], cycled over the batch (example i gets
+      class_labels[i % L]): B labels as they are, one label for every example, or
+      `arange(K)` for balanced classes. K is the null class. None: the null class, the
+      unconditional score.
+    guidance_scale: w of classifier-free guidance, (1 + w) s(x, t, y) - w s(x, t, null)
+      (`guided_score`); 0 is the plain conditional score. Static (one compilation per w).
   """
-  return jax.tree_util.Partial(ScoreFn(sde, model, continuous), params)
+  num_classes = class_count(model)
+  guidance_scale = float(guidance_scale)
+  if class_labels is None:
+    if guidance_scale:
+      raise ArgumentError('guidance_scale', '{name}={value} needs class_labels to guide '
+                          'towards.', value=guidance_scale)
+    return jax.tree_util.Partial(ScoreFn(sde, model, continuous), params)
+  if not num_classes:
+    raise ArgumentError('class_labels', '{name} given for an unconditional network '
+                        '(num_classes=0).')
+  if not isinstance(class_labels, jax.core.Tracer):
+    values = np.asarray(class_labels)
+    if not np.issubdtype(values.dtype, np.integer) or values.ndim > 1 or values.size == 0:
+      raise ArgumentError('class_labels', '{name} must be an int or a non-empty 1-D integer '
+                          'array, got {value!r}.', value=class_labels)
+    if values.min() < 0 or values.max() > num_classes:
+      raise ArgumentError('class_labels', '{name} must lie in [0, {k}] ({k}: the null '
+                          'class), got {value!r}.', k=num_classes, value=class_labels)
+    class_labels = values.astype(np.int32).reshape(-1)
+  return jax.tree_util.Partial(ScoreFn(sde, model, continuous, guidance_scale), params,
+                               class_labels=class_labels)

@@ -36,12 +36,14 @@ class LossEval:
     loss_fn = setup.get_loss_fn(config, sde, model, train=False)
 
     @jax.jit
-    def per_example(params, x, rng):
-      keys = jax.random.split(rng, x.shape[0])
-      return jax.vmap(lambda xi, k: loss_fn(params, xi[None], k))(x, keys)
+    def per_example(params, batch, rng):
+      # batch: images [B, ...], or {'image', 'label'} for a class-conditional network.
+      keys = jax.random.split(rng, jax.tree_util.tree_leaves(batch)[0].shape[0])
+      one = lambda b: jax.tree_util.tree_map(lambda v: v[None], b)
+      return jax.vmap(lambda b, k: loss_fn(params, one(b), k))(batch, keys)
 
     self._per_example = per_example
-    self._scaler = data.get_data_scaler(config)
+    self._batch_fn = setup.get_batch_fn(config, model)
 
   def __call__(self, params, rng) -> dict:
     """Returns {'loss', 'loss_num_examples'} at `params`."""
@@ -49,9 +51,9 @@ class LossEval:
     params = jax.device_put(params, parallel.replicated(self._mesh))
     total, count = 0.0, 0
     for i, batch in enumerate(_batches(config, 'eval', config.seed, None, self._num_batches)):
-      batch = parallel.shard_batch({'image': self._scaler(batch['image']),
-                                    'mask': batch['mask']}, sharding)
-      losses = parallel.gather(self._per_example(params, batch['image'],
+      batch = parallel.shard_batch({'inputs': self._batch_fn(batch), 'mask': batch['mask']},
+                                   sharding)
+      losses = parallel.gather(self._per_example(params, batch['inputs'],
                                                  jax.random.fold_in(rng, i)))
       mask = parallel.gather(batch['mask'])
       total += float(np.sum(losses[mask], dtype=np.float64))

@@ -131,7 +131,10 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval', *, inception_varia
       log.info('Snapshot %d: eval loss %.5f', n, ckpt_result['loss'])
     if need_bpd:
       start = time.time()
-      ckpt_result.update(bpd_eval(score_fn, jax.random.fold_in(ckpt_rng, 1)))
+      # A class-conditional model's null class: bits/dim of p(x), not of guided samples.
+      ckpt_result.update(bpd_eval(setup.get_score_fn(config, sde, model, ema_params,
+                                                     unconditional=True),
+                                  jax.random.fold_in(ckpt_rng, 1)))
       ckpt_result['bpd_seconds'] = time.time() - start
       log.info('Snapshot %d: %.4f bits/dim', n, ckpt_result['bpd'])
     if (need_loss or need_bpd) and jax.process_index() == 0:

@@ -4,6 +4,8 @@
   sampler = model.sampler(16)
   samples, nfe = sampler(jax.random.PRNGKey(0), model.score_fn)
   images = model.inverse_scaler(samples)
+  # Class-conditional models (model.num_classes > 0): class 3, classifier-free guidance 2.
+  samples, nfe = sampler(jax.random.PRNGKey(0), model.guided_score_fn(3, guidance_scale=2.0))
 
 `load` takes any of: a run directory of this project (its `config.json` and orbax snapshots),
 an export folder written by `--mode export` (`config.json` + safetensors), a score_sde_pytorch
@@ -46,7 +48,9 @@ class Pretrained:
     params: its EMA parameters, what the paper samples and evaluates with.
     raw_params: the live (non-averaged) parameters; `params` where the source holds one set.
     sde: the forward SDE of `config.training`.
-    score_fn: `score_fn(x, t)` of `params`, batched, for every sampler and the likelihood.
+    score_fn: `score_fn(x, t)` of `params`, batched, for every sampler and the likelihood
+      (a class-conditional model's: config.sampling's classes and guidance scale; other
+      ones from `guided_score_fn`).
     step: the training step the source records (None where it records none).
     source: 'run', 'export', 'pytorch', 'jax' or 'diffusers'.
   """
@@ -79,6 +83,15 @@ class Pretrained:
     `num_scales=100`) for `num_samples` images: `sampler(rng, self.score_fn)`."""
     return setup.get_sampler(self.config, (int(num_samples),) + self.image_shape, sharding,
                              overrides)
+
+  def guided_score_fn(self, class_labels=None, guidance_scale: float | None = None):
+    """A class-conditional model's score for `class_labels` (an int, or ints cycled over
+    the batch; default config.sampling.class_label: -1 balanced classes) with classifier-free
+    guidance `guidance_scale` (default config.sampling.guidance_scale), for any sampler:
+    `model.sampler(16)(rng, model.guided_score_fn(3, guidance_scale=2.0))`. `score_fn` is
+    this with the config's defaults. ConfigError for an unconditional model."""
+    return setup.get_score_fn(self.config, self.sde, self.model, self.params, class_labels,
+                              guidance_scale)
 
 
 def _config_from(config) -> ml_collections.ConfigDict:

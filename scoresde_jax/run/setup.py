@@ -3,7 +3,9 @@
 The config boundary: `main.py` and the modules of `run/` are the only code that reads a
 ConfigDict; the library takes plain values. This module turns `config.training`,
 `config.model` (the SDE's part), `config.optim` and `config.sampling` into library objects;
-`run.networks` builds the networks and `run.data` the datasets.
+`run.networks` builds the networks and `run.data` the datasets. Class conditioning
+(`config.model.num_classes` > 0): the objective's batches (`get_batch_fn`), label dropout,
+and the classes and guidance scale of sampling (`class_guidance`).
 
 A library constructor's ValueError about a config value becomes an `errors.ConfigError`
 naming the config section (`errors.config_errors`), which `main.py` prints as one line.
@@ -17,7 +19,7 @@ import jax
 import numpy as np
 
 from scoresde_jax import errors, losses, models, samplers, sde_lib
-from scoresde_jax.run import networks
+from scoresde_jax.run import data, networks
 
 
 def plain(value):
@@ -76,28 +78,126 @@ def model_and_template(config):
   return model, template
 
 
-def get_apply_fn(model, train: bool):
-  """`apply_fn(params, x, labels, rng)`: the network's raw output (rng drives dropout)."""
+def class_count(config) -> int:
+  """The classes of the config's network: config.model.num_classes for a U-Net (ncsnpp,
+  ddpm), 0 for an unconditional network (and for NCSN, whose num_classes counts noise
+  levels)."""
+  return models.class_count(networks.get_model(config))
 
-  def apply_fn(params, x, labels, rng):
-    return models.get_model_fn(model, params, train=train, rng=rng)(x, labels)
+
+def get_apply_fn(model, train: bool):
+  """`apply_fn(params, x, labels, rng, class_labels=None)`: the network's raw output (rng
+  drives dropout; class_labels condition a class-conditional network)."""
+
+  def apply_fn(params, x, labels, rng, class_labels=None):
+    return models.get_model_fn(model, params, train=train, rng=rng,
+                               class_labels=class_labels)(x, labels)
 
   return apply_fn
 
 
+def label_dropout(config, model, train: bool) -> float:
+  """`config.training.label_dropout` (default 0.1) for training a class-conditional
+  network; 0 for an unconditional one and for evaluation (labels as they are)."""
+  if not (train and models.class_count(model)):
+    return 0.0
+  rate = float(config.training.get('label_dropout', 0.1))
+  if not 0.0 <= rate <= 1.0:
+    raise errors.ConfigError(f'config.training.label_dropout={rate} must lie in [0, 1] (the '
+                             'probability that a label becomes the null class).')
+  return rate
+
+
 def get_loss_fn(config, sde, model, train: bool):
-  """The training objective of `config.training` (`loss_fn(params, batch, rng)`)."""
+  """The training objective of `config.training` (`loss_fn(params, batch, rng)`); that of
+  a class-conditional network takes {'image', 'label'} batches (`get_batch_fn`)."""
   t = config.training
   with errors.config_errors(where='config.training'):
     return losses.get_loss_fn(sde, get_apply_fn(model, train), continuous=bool(t.continuous),
                               reduce_mean=bool(t.reduce_mean),
                               likelihood_weighting=bool(t.likelihood_weighting),
-                              importance_weighting=bool(t.get('importance_weighting', False)))
+                              importance_weighting=bool(t.get('importance_weighting', False)),
+                              num_classes=models.class_count(model),
+                              label_dropout=label_dropout(config, model, train))
 
 
-def get_score_fn(config, sde, model, params):
-  """The evaluation-mode score function of `params` (a jit-passable Partial)."""
-  return models.get_score_fn(sde, model, params, continuous=bool(config.training.continuous))
+def check_labels(config, labels, num_classes: int):
+  """ConfigError unless every label of a batch is a class of the network, [0, num_classes)."""
+  labels = np.asarray(labels)
+  if not labels.size:
+    return
+  dataset = config.data.dataset
+  if labels.min() < 0:
+    raise errors.ConfigError(
+        f'config.model.num_classes={num_classes} trains a class-conditional model, but '
+        f'{dataset} has no class labels (label -1); use a labelled dataset or '
+        'config.model.num_classes=0.')
+  if labels.max() >= num_classes:
+    raise errors.ConfigError(
+        f'{dataset} has class label {int(labels.max())}, outside the '
+        f'config.model.num_classes={num_classes} classes; set config.model.num_classes to at '
+        f'least {int(labels.max()) + 1}.')
+
+
+def get_batch_fn(config, model):
+  """`batch_fn(host_batch) -> what the objective takes`: the scaled images, or for a
+  class-conditional network {'image': scaled images, 'label'} (labels checked, `check_labels`)."""
+  scaler = data.get_data_scaler(config)
+  num_classes = models.class_count(model)
+
+  def batch_fn(batch):
+    if not num_classes:
+      return scaler(batch['image'])
+    check_labels(config, batch['label'], num_classes)
+    return {'image': scaler(batch['image']), 'label': np.asarray(batch['label'], np.int32)}
+
+  return batch_fn
+
+
+def class_guidance(config, model, class_labels=None, guidance_scale=None):
+  """(class labels, guidance scale) that sampling conditions on.
+
+  `class_labels`: as `models.get_score_fn` takes them (an int, or ints cycled over the
+  batch); default `config.sampling.class_label`: -1 (the default) balanced classes, sample
+  i of a batch class i % num_classes, k >= 0 every sample class k. `guidance_scale`: default
+  `config.sampling.guidance_scale` (0: none). An unconditional network gets (None, 0.);
+  ConfigError if it is asked for a class or guidance.
+  """
+  num_classes = models.class_count(model)
+  sampling = config.sampling
+  if guidance_scale is None:
+    guidance_scale = float(sampling.get('guidance_scale', 0.0))
+  label = int(sampling.get('class_label', -1))
+  if not num_classes:
+    if guidance_scale or class_labels is not None or label >= 0:
+      raise errors.ConfigError(
+          'Class labels and classifier-free guidance (config.sampling.class_label, '
+          'config.sampling.guidance_scale) need a class-conditional model '
+          '(config.model.num_classes > 0 with model.name ncsnpp or ddpm).')
+    return None, 0.0
+  if class_labels is None:
+    if not -1 <= label < num_classes:
+      raise errors.ConfigError(f'config.sampling.class_label={label} must be -1 (balanced '
+                               f'classes) or a class in [0, {num_classes}).')
+    class_labels = np.arange(num_classes) if label == -1 else np.array([label])
+  return class_labels, guidance_scale
+
+
+def get_score_fn(config, sde, model, params, class_labels=None, guidance_scale=None,
+                 unconditional: bool = False):
+  """The evaluation-mode score function of `params` (a jit-passable Partial).
+
+  A class-conditional network's is guided towards the classes of `class_guidance`
+  (`class_labels`, `guidance_scale` override config.sampling's); with `unconditional`,
+  it is the null class's score instead, that of p_t(x) (what likelihoods measure).
+  """
+  if unconditional:
+    class_labels, guidance_scale = None, 0.0
+  else:
+    class_labels, guidance_scale = class_guidance(config, model, class_labels, guidance_scale)
+  # Config values were checked above; an ArgumentError here is about the caller's arguments.
+  return models.get_score_fn(sde, model, params, continuous=bool(config.training.continuous),
+                             class_labels=class_labels, guidance_scale=guidance_scale)
 
 
 # The SamplerSpec fields a config.sampling section or an eval.sweep entry may set.

@@ -11,6 +11,7 @@ killed and resumed run ends with the same parameters as an uninterrupted one.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 
 from scoresde_jax import checkpoints, errors, losses, parallel
-from scoresde_jax.run import data, files, images, loop, setup
+from scoresde_jax.run import data, files, images, loop, networks, setup
 from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ def validate_config(config, num_devices: int):
   schedule(config).check('training')
   setup.get_sde(config)
   setup.sampler_spec(config)
+  model = networks.get_model(config)
+  setup.label_dropout(config, model, train=True)
+  setup.class_guidance(config, model)
 
 
 def snapshot_sampler(config, mesh):
@@ -84,6 +88,13 @@ def train(config, workdir: str, max_steps: int | None = None):
   # Data first: a missing dataset fails before minutes of network initialization, and before
   # the workdir records the config (a corrected config then starts the same workdir).
   train_iter = data.get_dataset(config, 'train', start_step=initial_step)
+  batch_fn = setup.get_batch_fn(config, networks.get_model(config))
+  if setup.class_count(config):
+    # Labels the network cannot take (an unlabelled dataset) fail here, before the workdir
+    # records the config.
+    first = next(train_iter)
+    batch_fn(first)
+    train_iter = itertools.chain([first], train_iter)
   # The eval stream advances n_jitted steps per evaluation, so a resumed run continues it.
   eval_iter = data.get_dataset(
       config, 'eval', start_step=initial_step // config.training.eval_freq * n_jitted)
@@ -102,11 +113,11 @@ def train(config, workdir: str, max_steps: int | None = None):
   p_train = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
   p_eval = jax.jit(eval_step, out_shardings=(replicated, replicated))
 
-  scaler = data.get_data_scaler(config)
   batch_sharding = parallel.data_sharding(mesh, batch_axis=1)
 
   def next_batch(iterator):
-    return parallel.shard_batch(scaler(next(iterator)['image']), batch_sharding)
+    # Scaled images; with class labels too for a class-conditional model.
+    return parallel.shard_batch(batch_fn(next(iterator)), batch_sharding)
 
   writer = loop.make_writer(workdir)
   if writer is not None and initial_step == 0:
