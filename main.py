@@ -7,6 +7,8 @@
       --checkpoint checkpoint_24.pth --num_samples 1000 --workdir runs/official
   python main.py --mode fid_stats --config configs/ve/cifar10.py --workdir assets/stats
   python main.py --mode export --config configs/ve/digits.py --workdir runs/digits_ve
+  python main.py --mode train_gan --config configs/gan/digits.py --workdir runs/digits_gan
+  python main.py --mode sample_gan --config configs/gan/digits.py --workdir runs/digits_gan
 
 Config values are overridden on the command line: --config.training.batch_size=64.
 On several hosts, run the same command on each with --multihost.
@@ -28,12 +30,14 @@ config_flags.DEFINE_config_file('config', None, 'Training/evaluation config file
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, samples, logs.')
 flags.DEFINE_enum('mode', None,
-                  ['train', 'eval', 'sample', 'fid_stats', 'train_classifier', 'export'],
+                  ['train', 'eval', 'sample', 'fid_stats', 'train_classifier', 'export',
+                   'train_gan', 'sample_gan'],
                   'What to run (export: the newest checkpoint as safetensors + config.json '
-                  'in WORKDIR/export/step_<n>/).')
+                  'in WORKDIR/export/step_<n>/; train_gan, sample_gan: a GAN config\'s GAN '
+                  'and its DDLS latent Langevin samples).')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder under workdir for evaluation results.')
 flags.DEFINE_integer('max_steps', None, 'Stop training after this many steps (of this run).')
-flags.DEFINE_integer('num_samples', 64, '--mode sample: how many samples to write.')
+flags.DEFINE_integer('num_samples', 64, '--mode sample, sample_gan: how many samples to write.')
 flags.DEFINE_string('checkpoint', None,
                     '--mode sample: sample from this instead of the newest checkpoint of '
                     '--workdir: an official .pth or JAX checkpoint file (of --config), a '
@@ -43,11 +47,26 @@ flags.DEFINE_bool('multihost', False,
                   'finds them on Cloud TPU, SLURM, Open MPI and Kubernetes; elsewhere set '
                   'JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID). '
                   'Every host runs the same command.')
+flags.DEFINE_string('compilation_cache', 'default',
+                    "Directory of JAX's persistent compilation cache: a second start of the "
+                    'same run skips XLA compilation. default: $JAX_COMPILATION_CACHE_DIR, else '
+                    '$XDG_CACHE_HOME/scoresde_jax/xla (~/.cache/...); "none" turns it off.')
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
+
+# Programs compiling faster than this are not worth a cache file (most are JAX's eager ops).
+_CACHE_MIN_COMPILE_SECONDS = 0.5
+
+
+# Modes that need a score model's config, and refuse a GAN config.
+_SCORE_MODEL_MODES = ('train', 'eval', 'sample', 'train_classifier', 'export')
 
 
 def run(mode, config, workdir, eval_folder='eval', max_steps=None, num_samples=64,
         checkpoint=None):
+  if mode in _SCORE_MODEL_MODES and 'gan' in config:
+    from scoresde_jax import errors  # pylint: disable=import-outside-toplevel
+    raise errors.ConfigError(f'--mode {mode} is for score models and this is a GAN config '
+                             '(it has a `gan` section); use --mode train_gan or sample_gan.')
   if mode == 'train':
     from scoresde_jax.run import train  # pylint: disable=import-outside-toplevel
     train.train(config, workdir, max_steps=max_steps)
@@ -67,6 +86,12 @@ def run(mode, config, workdir, eval_folder='eval', max_steps=None, num_samples=6
   elif mode == 'export':
     from scoresde_jax.run import pretrained  # pylint: disable=import-outside-toplevel
     pretrained.export_run(config, workdir)
+  elif mode == 'train_gan':
+    from scoresde_jax.run import train_gan  # pylint: disable=import-outside-toplevel
+    train_gan.train_gan(config, workdir, max_steps=max_steps)
+  elif mode == 'sample_gan':
+    from scoresde_jax.run import ddls  # pylint: disable=import-outside-toplevel
+    ddls.sample_gan(config, workdir, eval_folder, num_samples=num_samples)
 
 
 def parse_flags(argv):
@@ -91,6 +116,27 @@ def _config_error(e):
   sys.exit(USER_ERROR)
 
 
+def compilation_cache_dir(flag: str) -> str | None:
+  """The directory --compilation_cache names (None: off)."""
+  if flag.lower() == 'none':
+    return None
+  if flag != 'default':
+    return os.path.expanduser(flag)
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return os.environ['JAX_COMPILATION_CACHE_DIR']
+  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(cache_home, 'scoresde_jax', 'xla')
+
+
+def _enable_compilation_cache(directory):
+  import jax  # pylint: disable=import-outside-toplevel
+  if directory is None:
+    jax.config.update('jax_enable_compilation_cache', False)
+    return
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', _CACHE_MIN_COMPILE_SECONDS)
+
+
 def _join_hosts():
   import jax  # pylint: disable=import-outside-toplevel
   # JAX reads JAX_COORDINATOR_ADDRESS itself; the process count and index it only detects on
@@ -113,6 +159,7 @@ def main(argv):
     config.keys()  # a file that failed to load is an object raising on its first use
   except OSError as e:
     _config_error(e)
+  _enable_compilation_cache(compilation_cache_dir(FLAGS.compilation_cache))
   if FLAGS.multihost:
     _join_hosts()
   from scoresde_jax import errors  # pylint: disable=import-outside-toplevel

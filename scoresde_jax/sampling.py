@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde_jax import sde_lib
+from scoresde_jax.mcmc import langevin_update
 from scoresde_jax.parallel import constrain
 from scoresde_jax.sde_lib import batch_mul
 
@@ -177,8 +178,8 @@ def langevin_corrector(rng, x, t, sde, score_fn, snr, n_steps):
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
     ratio = snr * _global_mean_norm(noise) / _global_mean_norm(grad)
     step_size = 2 * alpha * ratio**2
-    x_mean = x + batch_mul(step_size, grad)
-    return x_mean + batch_mul(jnp.sqrt(2 * step_size), noise), x_mean
+    # mcmc's move with noise variance 2 step_size (exact in floats: halving undoes doubling).
+    return langevin_update(x, grad, noise, 2 * step_size)
 
   return jax.lax.fori_loop(0, n_steps, step, (x, x))
 
@@ -194,8 +195,7 @@ def annealed_langevin_corrector(rng, x, t, sde, score_fn, snr, n_steps):
     x, _ = carry
     grad = score_fn(x, t)
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
-    x_mean = x + batch_mul(step_size, grad)
-    return x_mean + batch_mul(jnp.sqrt(2 * step_size), noise), x_mean
+    return langevin_update(x, grad, noise, 2 * step_size)
 
   return jax.lax.fori_loop(0, n_steps, step, (x, x))
 

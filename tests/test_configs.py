@@ -21,9 +21,11 @@ from scoresde_jax import models  # noqa: E402
 from scoresde_jax.run import networks  # noqa: E402
 
 CONFIG_DIR = ROOT / 'configs'
+# The score models' configs (the GANs' of configs/gan/ have other sections: tests/test_gan.py).
 CONFIG_FILES = sorted(
     str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob('*.py')
-    if p.name != '__init__.py' and not p.name.startswith('default_'))
+    if p.name != '__init__.py' and not p.name.startswith('default_')
+    and p.relative_to(CONFIG_DIR).parts[0] != 'gan')
 
 _KEYS = ('training.sde', 'training.continuous', 'training.n_iters', 'training.batch_size',
          'training.reduce_mean', 'data.dataset', 'data.image_size', 'data.centered', 'model.name',

@@ -1,4 +1,4 @@
-"""The one training-loop driver, for every trainable (the score model, the classifier).
+"""The one training-loop driver, for every trainable (the score model, the classifier, the GAN).
 
 A trainable brings a `Trainable`: its compiled step on the next batch, and optional
 evaluation and snapshot hooks. `train_loop` does the rest the same way for all of them:
@@ -135,7 +135,8 @@ class Trainable:
   """What one kind of training brings to `train_loop`.
 
   step: `step(state) -> (state, metrics)`, one compiled call on the next batch that advances
-    `Schedule.steps_per_call` steps; metrics['loss'] (and 'grad_norm') are `[steps_per_call]`.
+    `Schedule.steps_per_call` steps; metrics['loss'] (and 'grad_norm', and any other scalars
+    to log) are `[steps_per_call]`.
   evaluate: `evaluate(state, step)`, every eval_freq steps (logs and writes its own scalars).
   on_snapshot: `on_snapshot(state, step)`, after each snapshot is saved (sample grids).
   loss_label, hint: the NaN error reads '<loss_label> is nan at step s; training stopped.
@@ -191,7 +192,8 @@ def train_loop(trainable: Trainable, state, schedule: Schedule, ckpts, progress,
         if step % schedule.log_freq == 0 or snapshot or preempt:
           loss = check(*pending)
           progress.report(step, float(loss.mean()),
-                          {'grad_norm': float(np.asarray(metrics['grad_norm']).mean())})
+                          {name: float(np.asarray(value).mean())
+                           for name, value in metrics.items() if name != 'loss'})
         if trainable.evaluate is not None and step % schedule.eval_freq == 0:
           trainable.evaluate(state, step)
         if snapshot or preempt:
