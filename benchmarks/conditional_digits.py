@@ -52,6 +52,19 @@ def fit_judge(image_size: int):
   return judge, clean
 
 
+def judge_samples(judge, samples, labels) -> dict:
+  """The judge's verdict on `samples` [N, H, W, C] in [0, 1] meant to show `labels` [N]:
+  accuracy, worst per-class accuracy, per-class accuracies, histogram of predicted digits
+  and mean confidence (max class probability)."""
+  flat = np.asarray(samples).reshape(len(samples), -1)
+  y = np.asarray(labels)
+  pred = judge.predict(flat)
+  per_class = {int(c): float(np.mean(pred[y == c] == c)) for c in np.unique(y)}
+  return {'accuracy': float(np.mean(pred == y)), 'worst_class': min(per_class.values()),
+          'per_class': per_class, 'predicted_histogram': np.bincount(pred, minlength=10).tolist(),
+          'confidence': float(judge.predict_proba(flat).max(axis=1).mean())}
+
+
 def check_score_workdir(config, workdir):
   """Refuses a score-model run whose saved config disagrees with `config` on data / SDE / model."""
   path = os.path.join(workdir, 'config.json')
@@ -133,13 +146,8 @@ def main(argv=None):
     samples, nfe = sampler(jax.random.PRNGKey(args.seed), cond)
     samples = np.clip(np.asarray(inverse_scaler(jax.device_get(samples))), 0.0, 1.0)
     seconds = time.time() - start
-    pred = judge.predict(samples.reshape(len(samples), -1))
-    y = np.asarray(labels)
-    per_class = {c: float(np.mean(pred[y == c] == c)) for c in classes}
-    row = {'scale': scale, 'accuracy': float(np.mean(pred == y)),
-           'worst_class': min(per_class.values()), 'per_class': per_class,
-           'predicted_histogram': np.bincount(pred, minlength=10).tolist(),
-           'nfe': int(nfe), 'seconds': seconds}
+    row = dict(scale=scale, **judge_samples(judge, samples, labels), nfe=int(nfe),
+               seconds=seconds)
     rows.append(row)
     print(f'scale {scale:g}: accuracy {row["accuracy"]:.3f} ({seconds:.0f} s)', flush=True)
     if args.grid_dir:
