@@ -65,6 +65,27 @@ def judge_samples(judge, samples, labels) -> dict:
           'confidence': float(judge.predict_proba(flat).max(axis=1).mean())}
 
 
+def judge_scales(sampler, score_fn_of, scales, labels, judge, inverse_scaler, seed: int,
+                 grid_path: str = '', nrow: int = 10) -> list[dict]:
+  """For each scale: samples of `sampler` with `score_fn_of(scale)`, judged
+  (`judge_samples`), with NFE and seconds; grids to `grid_path.format(scale=...)` if given."""
+  rows = []
+  for scale in scales:
+    start = time.time()
+    samples, nfe = sampler(jax.random.PRNGKey(seed), score_fn_of(scale))
+    samples = np.clip(np.asarray(inverse_scaler(jax.device_get(samples))), 0.0, 1.0)
+    seconds = time.time() - start
+    row = dict(scale=scale, **judge_samples(judge, samples, labels), nfe=int(nfe),
+               seconds=seconds)
+    rows.append(row)
+    print(f'scale {scale:g}: accuracy {row["accuracy"]:.3f} ({seconds:.0f} s)', flush=True)
+    if grid_path:
+      path = grid_path.format(scale=scale)
+      os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+      images.save_grid(samples, path, nrow=nrow, scale=8)
+  return rows
+
+
 def check_score_workdir(config, workdir):
   """Refuses a score-model run whose saved config disagrees with `config` on data / SDE / model."""
   path = os.path.join(workdir, 'config.json')
@@ -139,21 +160,11 @@ def main(argv=None):
   print(f'judge (logistic regression, clean digits): eval accuracy {judge_clean:.3f}')
   print('noise-conditional classifier, eval accuracy: '
         + ', '.join(f'sigma {s:g}: {a:.3f}' for s, a in clf_acc.items()))
-  rows = []
-  for scale in scales:
-    cond = controllable.conditional_score_fn(score_fn, log_prob_fn, labels, scale)
-    start = time.time()
-    samples, nfe = sampler(jax.random.PRNGKey(args.seed), cond)
-    samples = np.clip(np.asarray(inverse_scaler(jax.device_get(samples))), 0.0, 1.0)
-    seconds = time.time() - start
-    row = dict(scale=scale, **judge_samples(judge, samples, labels), nfe=int(nfe),
-               seconds=seconds)
-    rows.append(row)
-    print(f'scale {scale:g}: accuracy {row["accuracy"]:.3f} ({seconds:.0f} s)', flush=True)
-    if args.grid_dir:
-      os.makedirs(args.grid_dir, exist_ok=True)
-      images.save_grid(samples, os.path.join(args.grid_dir, f'scale_{scale:g}.png'),
-                       nrow=args.num_per_class, scale=8)
+  rows = judge_scales(
+      sampler, lambda scale: controllable.conditional_score_fn(score_fn, log_prob_fn, labels,
+                                                               scale),
+      scales, labels, judge, inverse_scaler, args.seed,
+      args.grid_dir and os.path.join(args.grid_dir, 'scale_{scale:g}.png'), args.num_per_class)
 
   print()
   print('| classifier scale | judge accuracy on samples | worst class | judge histogram of '

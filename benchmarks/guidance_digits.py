@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
@@ -31,9 +30,9 @@ for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from conditional_digits import build_sampler, fit_judge, judge_samples  # noqa: E402
+from conditional_digits import build_sampler, fit_judge, judge_scales  # noqa: E402
 from scoresde_jax import fast_solvers, pretrained  # noqa: E402
-from scoresde_jax.run import data, images  # noqa: E402
+from scoresde_jax.run import data  # noqa: E402
 
 
 def main(argv=None):
@@ -66,21 +65,11 @@ def main(argv=None):
         f'{args.workdir} step {model.step} ({config.training.sde}); sampler {args.sampler}, '
         f'{steps} steps; {args.num_per_class} samples x {num_classes} classes per scale')
   print(f'judge (logistic regression, clean digits): eval accuracy {judge_clean:.3f}')
-  rows = []
-  for scale in scales:
-    score_fn = model.guided_score_fn(labels, guidance_scale=scale)
-    start = time.time()
-    samples, nfe = sampler(jax.random.PRNGKey(args.seed), score_fn)
-    samples = np.clip(np.asarray(inverse_scaler(jax.device_get(samples))), 0.0, 1.0)
-    seconds = time.time() - start
-    row = dict(scale=scale, **judge_samples(judge, samples, labels), nfe=int(nfe),
-               seconds=seconds)
-    rows.append(row)
-    print(f'scale {scale:g}: accuracy {row["accuracy"]:.3f} ({seconds:.0f} s)', flush=True)
-    if args.grid_dir:
-      os.makedirs(args.grid_dir, exist_ok=True)
-      images.save_grid(samples, os.path.join(args.grid_dir, f'{args.sampler}_scale_{scale:g}.png'),
-                       nrow=args.num_per_class, scale=8)
+  rows = judge_scales(
+      sampler, lambda scale: model.guided_score_fn(labels, guidance_scale=scale), scales,
+      labels, judge, inverse_scaler, args.seed,
+      args.grid_dir and os.path.join(args.grid_dir, args.sampler + '_scale_{scale:g}.png'),
+      args.num_per_class)
 
   print()
   print('| guidance scale w | judge accuracy on samples | worst class | judge confidence | '
