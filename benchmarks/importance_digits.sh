@@ -3,8 +3,8 @@
 # two sub-VP digits runs with the likelihood weighting g(t)^2, equal steps and seeds, one
 # drawing t uniformly and one from q(t) ~ g(t)^2 / std(t)^2, then bits/dim of the held-out
 # digits under the probability-flow ODE (uniformly dequantized, one repeat) at the last
-# snapshot. Environment: OUT (default runs/importance), STEPS (default 1000), EXTRA (more
-# --config.* overrides for both runs).
+# snapshot. Environment: OUT (default runs/importance), STEPS (default 1000), BPD_BATCH and
+# BPD_BATCHES (default 64 and 1: the first 64 of the 180 held-out digits).
 #
 #   bash benchmarks/importance_digits.sh
 set -euo pipefail
@@ -12,21 +12,31 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/importance}
 mkdir -p "$OUT"
 STEPS=${STEPS:-1000}
+BPD_BATCH=${BPD_BATCH:-64}
+BPD_BATCHES=${BPD_BATCHES:-1}
 config=configs/subvp/digits.py
 common=(--config "$config" --config.training.likelihood_weighting=True
         --config.training.n_iters="$STEPS" --config.training.snapshot_freq="$STEPS"
         --config.training.snapshot_sampling=False)
 run() {  # train, then bits/dim at the last snapshot
   local importance=$1 workdir="$OUT/importance_$1"
-  # shellcheck disable=SC2086  # EXTRA: more --config overrides, split on spaces
   python main.py --mode train --workdir "$workdir" "${common[@]}" \
-      --config.training.importance_weighting="$importance" ${EXTRA:-}
-  # shellcheck disable=SC2086
-  python main.py --mode eval --workdir "$workdir" "${common[@]}" \
-      --config.training.importance_weighting="$importance" ${EXTRA:-} \
-      --config.eval.enable_bpd=True --config.eval.enable_sampling=False \
-      --config.eval.enable_loss=True --config.eval.bpd_num_repeats=1 \
-      --config.eval.begin_ckpt=1 --config.eval.end_ckpt=1
+      --config.training.importance_weighting="$importance"
+  # Bits/dim of the first BPD_BATCHES batches of BPD_BATCH held-out digits (eval.bpd_num_batches
+  # is no config key, so not a --config flag: the evaluation is called from Python).
+  python - "$workdir" "$importance" "$STEPS" "$BPD_BATCH" "$BPD_BATCHES" <<'PY'
+import sys
+from configs import load_config
+from scoresde_jax.run import evaluate
+workdir, importance, steps, batch, batches = sys.argv[1:]
+config = load_config('configs/subvp/digits.py')
+config.training.update(likelihood_weighting=True, importance_weighting=importance == 'True',
+                       n_iters=int(steps), snapshot_freq=int(steps), snapshot_sampling=False)
+config.eval.update(enable_bpd=True, enable_sampling=False, enable_loss=True, bpd_num_repeats=1,
+                   begin_ckpt=1, end_ckpt=1, batch_size=int(batch))
+config.eval.bpd_num_batches = int(batches)
+evaluate.evaluate(config, workdir, 'eval')
+PY
 }
 # The two runs side by side (one per core of a 2-core machine).
 run False > "$OUT/importance_False.log" 2>&1 &
