@@ -231,8 +231,15 @@ def init_train_state(params, optimizer: optax.GradientTransformation, rng) -> Tr
                     opt_state=optimizer.init(params), rng=rng)
 
 
-def _global_norm(tree):
+def global_norm(tree):
+  """sqrt of the sum of squares of every leaf (the logged grad_norm)."""
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def ema_update(ema_params, params, ema_rate: float):
+  """The exponential moving average of parameters after one step."""
+  return jax.tree_util.tree_map(lambda e, p: e * ema_rate + p * (1.0 - ema_rate),
+                                ema_params, params)
 
 
 def get_step_fn(loss_fn, optimizer: optax.GradientTransformation | None = None,
@@ -251,11 +258,10 @@ def get_step_fn(loss_fn, optimizer: optax.GradientTransformation | None = None,
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = jax.tree_util.tree_map(lambda e, p: e * ema_rate + p * (1.0 - ema_rate),
-                                        state.ema_params, params)
+    ema_params = ema_update(state.ema_params, params, ema_rate)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                               opt_state=opt_state)
-    return new_state, {'loss': loss, 'grad_norm': _global_norm(grads)}
+    return new_state, {'loss': loss, 'grad_norm': global_norm(grads)}
 
   return step
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from scoresde_jax import checkpoints, errors, parallel
+from scoresde_jax import checkpoints, errors, losses, parallel
 from scoresde_jax.models import gan
 from scoresde_jax.run import data, files, images, loop
 from scoresde_jax.run.progress import TrainingProgress
@@ -107,10 +107,6 @@ def create_gan_state(config, abstract: bool = False):
   return generator, discriminator, (g_opt, d_opt), state
 
 
-def _global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def get_step_fn(generator, discriminator, g_opt, d_opt, r1_gamma: float = 0.0,
                 ema_rate: float = 0.999):
   """`step(state, real) -> (state, metrics)`: one D update, then one G update against the new D.
@@ -139,27 +135,15 @@ def get_step_fn(generator, discriminator, g_opt, d_opt, r1_gamma: float = 0.0,
         lambda p: gan.generator_loss(d_apply, d_params, g_apply(p, z)))(state.g_params)
     g_updates, g_opt_state = g_opt.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)
-    g_ema_params = jax.tree_util.tree_map(lambda e, p: e * ema_rate + p * (1.0 - ema_rate),
-                                          state.g_ema_params, g_params)
+    g_ema_params = losses.ema_update(state.g_ema_params, g_params, ema_rate)
     new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
                               g_ema_params=g_ema_params, g_opt_state=g_opt_state,
                               d_opt_state=d_opt_state)
     return new_state, {'loss': d_loss + g_loss, 'd_loss': d_loss, 'g_loss': g_loss, 'r1': r1,
-                       'grad_norm': _global_norm(d_grads), 'g_grad_norm': _global_norm(g_grads)}
+                       'grad_norm': losses.global_norm(d_grads),
+                       'g_grad_norm': losses.global_norm(g_grads)}
 
   return step
-
-
-def _multi_step(step_fn):
-  """n fused steps over `reals: [n, B, ...]`; without a loop for n = 1 (XLA:CPU runs
-  convolution gradients inside loops far slower)."""
-  def multi_step(state, reals):
-    if reals.shape[0] == 1:
-      state, metrics = step_fn(state, reals[0])
-      return state, jax.tree_util.tree_map(lambda m: m[None], metrics)
-    return jax.lax.scan(step_fn, state, reals)
-
-  return multi_step
 
 
 def schedule(config) -> loop.Schedule:
@@ -222,7 +206,7 @@ def train_gan(config, workdir: str, max_steps: int | None = None):
     log.info('Resuming the GAN from step %d.', initial_step)
   state = jax.device_put(state, replicated)
 
-  step_fn = _multi_step(get_step_fn(generator, discriminator, g_opt, d_opt, float(g.r1_gamma),
+  step_fn = losses.get_multi_step_fn(get_step_fn(generator, discriminator, g_opt, d_opt, float(g.r1_gamma),
                                     float(g.ema_rate)))
   # Donated: the old state is dead after the step, so its buffers are reused.
   p_train = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
