@@ -1,6 +1,8 @@
 """FIR up/downsampling in plain JAX against direct numpy loops and reference outputs."""
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -155,3 +157,44 @@ def test_bad_input_errors(x):
     uds.upsample_2d(x, (1, -1))
   with pytest.raises(ValueError, match='channels'):
     uds.conv_downsample_2d(x, np.ones((3, 3, 5, 2), np.float32))
+
+
+def _grouped_conv_upfirdn(x, k, up, down, pad0, pad1):
+  """The filter as a 1-channel grouped convolution (this module's former formulation)."""
+  cfg = [(0, 0, 0), (pad0, pad1 + up - 1, up - 1), (pad0, pad1 + up - 1, up - 1), (0, 0, 0)]
+  x = jax.lax.pad(x, jnp.array(0, x.dtype), cfg)
+  w = jnp.tile(jnp.asarray(k[::-1, ::-1], x.dtype)[:, :, None, None], (1, 1, 1, x.shape[-1]))
+  return jax.lax.conv_general_dilated(x, w, (down, down), 'VALID',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      feature_group_count=x.shape[-1])
+
+
+@pytest.mark.parametrize('separable', [True, False])
+@pytest.mark.parametrize('up,down,pad0,pad1', [(2, 1, 2, 1), (1, 2, 1, 1), (1, 1, 1, 2)])
+def test_stencil_equals_grouped_convolution_with_gradients(separable, up, down, pad0, pad1):
+  rng = np.random.RandomState(2)
+  x = jnp.asarray(rng.randn(3, 16, 16, 5), jnp.float32)
+  k = np.outer([1., 3., 3., 1.], [1., 2., 4., 1.]) if separable else rng.rand(4, 4)
+  k = (k / k.sum()).astype(np.float32)
+  cot = jnp.asarray(rng.randn(*uds.upfirdn2d(x, k, up, down, pad0, pad1).shape), jnp.float32)
+  ours = lambda x: jnp.vdot(uds.upfirdn2d(x, k, up, down, pad0, pad1), cot)
+  conv = lambda x: jnp.vdot(_grouped_conv_upfirdn(x, k, up, down, pad0, pad1), cot)
+  np.testing.assert_allclose(uds.upfirdn2d(x, k, up, down, pad0, pad1),
+                             _grouped_conv_upfirdn(x, k, up, down, pad0, pad1),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(conv)(x), rtol=1e-5, atol=1e-6)
+
+
+def test_resampling_compiles_without_grouped_convolutions():
+  """The FIR filter is slices and adds: no convolution in the HLO, except the fused layers' own."""
+  x = jnp.zeros((2, 8, 8, 4), jnp.bfloat16)
+  w = jnp.zeros((3, 3, 4, 6), jnp.bfloat16)
+
+  def convolutions(f, *args):
+    return jax.jit(f).lower(*args).as_text().count('stablehlo.convolution')
+
+  assert convolutions(lambda x: uds.upsample_2d(x, (1, 3, 3, 1)), x) == 0
+  assert convolutions(lambda x: uds.downsample_2d(x, (1, 3, 3, 1)), x) == 0
+  assert convolutions(lambda x, w: uds.upsample_conv_2d(x, w, (1, 3, 3, 1)), x, w) == 1
+  assert convolutions(lambda x, w: uds.conv_downsample_2d(x, w, (1, 3, 3, 1)), x, w) == 1
+  assert uds.upsample_2d(x, (1, 3, 3, 1)).dtype == jnp.bfloat16

@@ -1,10 +1,10 @@
 """FIR up/downsampling (StyleGAN2's upfirdn2d) in plain JAX, NHWC.
 
-The score_sde reference runs these through a custom CUDA kernel; here every operation is
-a depthwise `lax.conv_general_dilated`, so it runs on any backend, differentiates to any
-order and fuses under `jit`. Semantics follow the reference exactly (same padding
-conventions), including the fused transposed-convolution upsampling that crashes in the
-PyTorch port.
+The score_sde reference runs these through a custom CUDA kernel; here the FIR filter is a
+weighted sum of strided slices (two 1-D passes for the separable kernels every config uses),
+so it runs on any backend, differentiates to any order and fuses under `jit`. Semantics
+follow the reference exactly (same padding conventions), including the fused
+transposed-convolution upsampling that crashes in the PyTorch port.
 
 Shapes: images are `[N, H, W, C]`; FIR kernels are 1-D `[k]` (separable, outer product
 taken) or 2-D `[k, k]`; convolution weights are HWIO `[kh, kw, C_in, C_out]`.
@@ -32,6 +32,35 @@ def setup_kernel(k) -> np.ndarray:
   return k / total
 
 
+def _separable_factors(k: np.ndarray):
+  """(column, row) with k == outer(column, row) when k has rank 1, else None."""
+  i, j = np.unravel_index(np.argmax(np.abs(k)), k.shape)
+  column, row = k[:, j], k[i, :] / k[i, j]
+  return (column, row) if np.allclose(np.outer(column, row), k, rtol=1e-6, atol=0) else None
+
+
+def _taps(x: jax.Array, taps: np.ndarray, down: int, axes) -> jax.Array:
+  """'valid' cross-correlation of x with `taps` over `axes`, keeping every down-th output.
+
+  A weighted sum of strided slices: XLA fuses it into one elementwise loop, where the
+  same filter as a 1-channel grouped convolution runs 20-150x slower on the CPU (measured
+  in RESULTS.md, "FIR resampling") and is one of the GPU profile's slow kernels. Zero taps
+  (the inserted zeros of upsampling meet them) are skipped.
+  """
+  out = None
+  for offsets in np.ndindex(*taps.shape):
+    weight = taps[offsets]
+    if weight == 0:
+      continue
+    term = x
+    for axis, offset, size in zip(axes, offsets, taps.shape):
+      length = (x.shape[axis] - size) // down + 1
+      term = jax.lax.slice_in_dim(term, offset, offset + (length - 1) * down + 1, down, axis)
+    term = term * jnp.asarray(weight, x.dtype)
+    out = term if out is None else out + term
+  return out
+
+
 def upfirdn2d(x: jax.Array, k, up: int = 1, down: int = 1, pad0: int = 0,
               pad1: int = 0) -> jax.Array:
   """Upsample (zero insertion), pad, FIR-filter and downsample each channel of `x`.
@@ -41,6 +70,7 @@ def upfirdn2d(x: jax.Array, k, up: int = 1, down: int = 1, pad0: int = 0,
     2. pad `pad0` zeros before and `pad1` after (negative values crop),
     3. convolve (true convolution, flipped kernel) with the 2-D kernel `k`, 'valid',
     4. keep every `down`-th pixel.
+  A separable (rank-1) kernel runs as two 1-D passes, any other as one 2-D pass of taps.
 
   Args:
     x: [N, H, W, C].
@@ -50,23 +80,23 @@ def upfirdn2d(x: jax.Array, k, up: int = 1, down: int = 1, pad0: int = 0,
   """
   if x.ndim != 4:
     raise ValueError(f'upfirdn2d expects [N, H, W, C] input, got shape {x.shape}.')
-  k = np.asarray(k, dtype=np.float32)
+  k = np.asarray(k, dtype=np.float64)
   if k.ndim != 2:
     raise ValueError(f'upfirdn2d expects a 2-D kernel, got shape {k.shape}.')
   for name, v in (('up', up), ('down', down)):
     if not (isinstance(v, (int, np.integer)) and v >= 1):
       raise ValueError(f'{name} must be an integer >= 1, got {v!r}.')
-  channels = x.shape[-1]
   # Zero insertion = interior padding; the reference also appends up - 1 zeros after the
   # last pixel, hence the extra high padding. Negative low/high padding crops.
   cfg = [(0, 0, 0), (pad0, pad1 + up - 1, up - 1), (pad0, pad1 + up - 1, up - 1), (0, 0, 0)]
   x = jax.lax.pad(x, jnp.array(0, x.dtype), cfg)
-  # True convolution: flip the kernel for lax's cross-correlation. Depthwise over C.
-  w = jnp.asarray(k[::-1, ::-1], dtype=x.dtype)
-  w = jnp.tile(w[:, :, None, None], (1, 1, 1, channels))
-  return jax.lax.conv_general_dilated(
-      x, w, window_strides=(down, down), padding='VALID',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=channels)
+  # True convolution: the flipped kernel, cross-correlated.
+  k = k[::-1, ::-1]
+  factors = _separable_factors(k)
+  if factors is None:
+    return _taps(x, k, down, axes=(1, 2))
+  column, row = factors
+  return _taps(_taps(x, column, down, axes=(1,)), row, down, axes=(2,))
 
 
 def upsample_2d(x: jax.Array, k=None, factor: int = 2, gain: float = 1.) -> jax.Array:
