@@ -1,7 +1,7 @@
 """Samplers on a trained digits model: PC vs the probability-flow ODE vs few-step solvers.
 
   PYTHONPATH=. python benchmarks/digits_samplers.py --config configs/vp/digits.py \
-      --workdir runs/digits_vp [--num 256] [--grid_dir docs/]
+      --workdir runs/digits_vp [--num 256] [--grid_dir docs/] [--samplers 1]
 
 For each sampler, `--num` samples from the run's EMA parameters (latest snapshot) and:
   NFE, seconds      score evaluations and wall time (compilation included: one program each)
@@ -61,6 +61,8 @@ def main(argv=None):
   parser.add_argument('--num', type=int, default=256)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--grid_dir', default='', help='also save a 64-sample grid per sampler')
+  parser.add_argument('--samplers', type=int, default=0,
+                      help='only the first N samplers of the table (1: the config\'s own)')
   args = parser.parse_args(argv)
 
   config = configs.load_config(args.config)
@@ -101,7 +103,7 @@ def main(argv=None):
             '| NN distance |\n|---|---|---|---|---|---|---|')
   rows = [f'| clean eval digits | - | - | {clean["outside"]:.3f} | {clean["confidence"]:.3f} | '
           f'{clean["classes"]} ({clean["top_share"]:.2f}) | {clean["nn"]:.2f} |']
-  for label, sampler in samplers(config, shape):
+  for label, sampler in samplers(config, shape)[:args.samplers or None]:
     start = time.time()
     x, nfe = sampler(jax.random.PRNGKey(args.seed), score_fn)
     x = np.asarray(inverse_scaler(jax.device_get(x)))

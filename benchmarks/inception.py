@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import common  # noqa: E402
 from scoresde_jax import parallel  # noqa: E402
 from scoresde_jax.evaluation import fid  # noqa: E402
 from scoresde_jax.evaluation import inception  # noqa: E402
@@ -39,6 +40,7 @@ def main(argv=None):
   p.add_argument('--image_size', type=int, default=32)
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--skip_fid_math', action='store_true')
+  p.add_argument('--json', default=None, help='also write the numbers to this JSON file')
   args = p.parse_args(argv)
 
   try:
@@ -101,6 +103,11 @@ def main(argv=None):
   print('|' + '-' * (width + 2) + '|-------|')
   for name, value in rows:
     print(f'| {name.ljust(width)} | {value} |')
+  common.write_json(args.json, {
+      'benchmark': 'inception', 'device_kind': dev.device_kind, 'num_devices': n_dev,
+      'weights': source, 'batch': batch, 'compile_s': compile_s,
+      'images_per_s': batch / step_s, 'end_to_end_s': e2e_s, 'num_images': args.num_images,
+      'end_to_end_images_per_s': args.num_images / e2e_s, 'fid_math_s': fid_s})
 
 
 if __name__ == '__main__':

@@ -65,7 +65,7 @@ def test_every_convolution_of_the_train_step_is_bfloat16(name):
 def test_two_hundred_digits_steps_follow_float32():
   """The same 200 steps (initialization, batches, noise) in float32 and in bfloat16: the
   mean training loss of the last 100 steps agrees within 0.5%."""
-  n_steps, batch_size = 200, 16
+  n_steps, batch_size = 200, 8
   images, _ = datasets.load_digits('train', image_size=8, num_channels=1)
   order = np.random.RandomState(0).randint(0, len(images), (n_steps, batch_size))
   step_losses = {}
