@@ -14,10 +14,12 @@
 # digits; its mean max-probability over the samples ("judge confidence") and the number of
 # digit classes it sees (a collapse shows there). Samples: OUT/gan/ddls_eps_<eps>/ddls/
 # samples.npz (all recorded steps), split into OUT/fid/eps_<eps>_step_<k>.npz for FID.
+# Beside them, the same measures of NUM samples of a trained digits score model with its
+# config's sampler (SCORE_CONFIG, default configs/ve/digits.py; SCORE_WORKDIR, a finished
+# `main.py --mode train` run of it; skipped when unset): the two families on one scale.
 # Environment: OUT (default runs/ddls_digits), NUM (default 1000), STEP_SIZES (default
 # "0.01 0.1"), WEIGHTS (the Inception weights, default $SCORESDE_INCEPTION_TORCHSCRIPT), EXTRA
-# (more --config.* overrides for both commands, e.g. a shorter training run). Prepared, not
-# yet run.
+# (more --config.* overrides for the GAN commands, e.g. a shorter training run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/ddls_digits}
@@ -25,6 +27,8 @@ NUM=${NUM:-1000}
 STEP_SIZES=${STEP_SIZES:-0.01 0.1}
 STEPS="(0, 10, 50, 100, 200, 500)"
 config=configs/gan/digits.py
+SCORE_CONFIG=${SCORE_CONFIG:-configs/ve/digits.py}
+score_npz() { ls "$SCORE_WORKDIR"/ddls_score_model/samples_*.npz; }
 
 samples() {
   # shellcheck disable=SC2086  # EXTRA: more --config overrides, split on spaces
@@ -37,13 +41,21 @@ samples() {
         --config.ddls.step_size="$eps" --config.ddls.record_steps="$STEPS" ${EXTRA:-}
     echo "step size $eps: $(( $(date +%s) - start )) s" | tee -a "$OUT/seconds.txt"
   done
-  PYTHONPATH=.:benchmarks python - "$OUT" $STEP_SIZES <<'PY' | tee "$OUT/judge.md"
+  score=''
+  if [[ -n "${SCORE_WORKDIR:-}" ]]; then
+    start=$(date +%s)
+    python main.py --mode sample --config "$SCORE_CONFIG" --workdir "$SCORE_WORKDIR" \
+        --eval_folder ddls_score_model --num_samples "$NUM"
+    echo "score model ($SCORE_CONFIG): $(( $(date +%s) - start )) s" | tee -a "$OUT/seconds.txt"
+    score=$(score_npz)
+  fi
+  PYTHONPATH=.:benchmarks python - "$OUT" "$score" $STEP_SIZES <<'PY' | tee "$OUT/judge.md"
 import os, sys
 import numpy as np
 from conditional_digits import fit_judge
 from scoresde_jax import datasets
 
-out, step_sizes = sys.argv[1], sys.argv[2:]
+out, score, step_sizes = sys.argv[1], sys.argv[2], sys.argv[3:]
 judge, clean_accuracy = fit_judge(8)
 
 def judged(pixels):
@@ -61,6 +73,10 @@ for eps in step_sizes:
     for k, pixels, logits in zip(f['record_steps'], f['images'], f['logits']):
       confidence, classes, top = judged(pixels)
       print(f'| {eps} | {k} | {confidence:.3f} | {classes} ({top:.2f}) | {logits.mean():.3f} |')
+if score:
+  with np.load(score) as f:
+    confidence, classes, top = judged(f['samples'])
+  print(f'| score model, its config\'s sampler | - | {confidence:.3f} | {classes} ({top:.2f}) | - |')
 PY
 }
 
@@ -95,6 +111,11 @@ PY
           --inception_weights "$weights" | grep FID)" | tee -a "$OUT/fid.txt"
     done
   done
+  if [[ -n "${SCORE_WORKDIR:-}" ]]; then
+    echo "score model ($SCORE_CONFIG): $(python -m scoresde_jax.evaluation.fid "$(score_npz)" \
+        "$OUT/fid/digits_train_stats.npz" --inception_weights "$weights" | grep FID)" \
+        | tee -a "$OUT/fid.txt"
+  fi
 }
 
 case "${1:-}" in
