@@ -9,6 +9,7 @@
 #   bash benchmarks/ddls_digits.sh fid       # FID of each (step size, steps) against the
 #                                            # digits training split, and of NUM held-out real
 #                                            # digits (the floor), with the real Inception weights
+#   bash benchmarks/ddls_digits.sh plot      # OUT/ddls_digits.png: both against the steps
 #
 # The judge is benchmarks/digits_samplers.py's: a logistic regression fit on the clean train
 # digits; its mean max-probability over the samples ("judge confidence") and the number of
@@ -121,5 +122,6 @@ PY
 case "${1:-}" in
   samples) samples ;;
   fid) fid ;;
-  *) echo "usage: bash benchmarks/ddls_digits.sh samples|fid" >&2; exit 2 ;;
+  plot) PYTHONPATH=. python benchmarks/ddls_plot.py "$OUT" "$OUT/ddls_digits.png" ;;
+  *) echo "usage: bash benchmarks/ddls_digits.sh samples|fid|plot" >&2; exit 2 ;;
 esac
