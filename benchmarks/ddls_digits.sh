@@ -100,23 +100,35 @@ for eps in step_sizes:
     for k, pixels in zip(f['record_steps'], f['images']):
       np.savez(os.path.join(out, 'fid', f'eps_{eps}_step_{k}.npz'), samples=pixels)
 PY
-  python -m scoresde_jax.evaluation.fid "$OUT/fid/digits_train.npz" --inception_weights "$weights" \
-      --save_stats "$OUT/fid/digits_train_stats.npz"
-  echo "real held-out digits: $(python -m scoresde_jax.evaluation.fid "$OUT/fid/digits_eval.npz" \
-      "$OUT/fid/digits_train_stats.npz" --inception_weights "$weights" | grep FID)" \
-      | tee "$OUT/fid.txt"
-  for eps in $STEP_SIZES; do
-    for k in 0 10 50 100 200 500; do
-      echo "step size $eps, $k steps: $(python -m scoresde_jax.evaluation.fid \
-          "$OUT/fid/eps_${eps}_step_$k.npz" "$OUT/fid/digits_train_stats.npz" \
-          --inception_weights "$weights" | grep FID)" | tee -a "$OUT/fid.txt"
-    done
-  done
-  if [[ -n "${SCORE_WORKDIR:-}" ]]; then
-    echo "score model ($SCORE_CONFIG): $(python -m scoresde_jax.evaluation.fid "$(score_npz)" \
-        "$OUT/fid/digits_train_stats.npz" --inception_weights "$weights" | grep FID)" \
-        | tee -a "$OUT/fid.txt"
-  fi
+  # One process for every FID, so the Inception network compiles once (on a CPU each compile
+  # costs about as much as scoring the images); the train statistics are kept and reused.
+  score=''
+  [[ -n "${SCORE_WORKDIR:-}" ]] && score=$(score_npz)
+  python - "$OUT" "$NUM" "$weights" "$score" $STEP_SIZES <<'PY' | tee "$OUT/fid.txt"
+import os, sys
+from scoresde_jax.evaluation import fid, metrics, weights
+out, num, weights_path, score, step_sizes = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
+                                             sys.argv[4], sys.argv[5:])
+variables = weights.load_inception(weights_path)
+folder = os.path.join(out, 'fid')
+train_stats = os.path.join(folder, 'digits_train_stats.npz')
+if not os.path.exists(train_stats):
+  fid.compute_statistics(fid.sample_file_batches(os.path.join(folder, 'digits_train.npz'), num),
+                         variables, path=train_stats)
+reference = metrics.load_statistics(train_stats)
+
+def fid_of(path):
+  stats = fid.load_side(path, lambda: variables, batch_size=num)
+  return metrics.frechet_distance(stats['mu'], stats['sigma'], reference['mu'], reference['sigma'])
+
+print(f'real held-out digits: FID: {fid_of(os.path.join(folder, "digits_eval.npz")):.6f}', flush=True)
+for eps in step_sizes:
+  for k in (0, 10, 50, 100, 200, 500):
+    value = fid_of(os.path.join(folder, f'eps_{eps}_step_{k}.npz'))
+    print(f'step size {eps}, {k} steps: FID: {value:.6f}', flush=True)
+if score:
+  print(f'score model: FID: {fid_of(score):.6f}', flush=True)
+PY
 }
 
 case "${1:-}" in

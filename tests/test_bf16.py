@@ -13,7 +13,7 @@ import pytest
 
 from configs import load_config
 from scoresde_jax import datasets, losses
-from scoresde_jax.run import data, setup
+from scoresde_jax.run import data, networks, setup
 
 # Operand and result types of a StableHLO convolution / the operand type of a reduction.
 CONVOLUTION = re.compile(r'stablehlo\.convolution.*: \((tensor<[^>]*>), (tensor<[^>]*>)\)'
@@ -28,16 +28,26 @@ def _config(name, dtype, batch_size):
   return config
 
 
+def _digits_with_fir(dtype, batch_size):
+  """The digits network with NCSN++'s FIR resampling and input pyramid (ve/cifar10_ncsnpp's
+  choices): every resampling path of the CIFAR-10 networks at digits size."""
+  config = _config('ve/digits', dtype, batch_size)
+  config.model.fir = True
+  config.model.resamp_with_conv = True
+  config.model.progressive_input = 'residual'
+  return config
+
+
 def _step_fn(config, model):
   loss_fn = setup.get_loss_fn(config, setup.get_sde(config), model, train=True)
   return losses.get_step_fn(loss_fn, setup.get_optimizer(config), config.model.ema_rate)
 
 
-@pytest.mark.parametrize('name', ['ve/digits', 've/cifar10_ncsnpp_continuous'])
-def test_every_convolution_of_the_train_step_is_bfloat16(name):
-  """Forward, input-gradient and weight-gradient convolutions (and on NCSN++ the FIR
-  resampling, which is slices, not convolutions); statistics and the loss in float32."""
-  config = _config(name, 'bfloat16', batch_size=2)
+@pytest.mark.parametrize('fir', [False, True])
+def test_every_convolution_of_the_train_step_is_bfloat16(fir):
+  """Forward, input-gradient and weight-gradient convolutions (and with FIR the resampling
+  filters, which are slices, not convolutions); statistics and the loss in float32."""
+  config = _digits_with_fir('bfloat16', 2) if fir else _config('ve/digits', 'bfloat16', 2)
   model, state = setup.model_and_template(config)
   step_fn = _step_fn(config, model)
   size, channels = config.data.image_size, config.data.num_channels
@@ -68,13 +78,16 @@ def test_two_hundred_digits_steps_follow_float32():
   n_steps, batch_size = 200, 8
   images, _ = datasets.load_digits('train', image_size=8, num_channels=1)
   order = np.random.RandomState(0).randint(0, len(images), (n_steps, batch_size))
+  # One initialization for both (parameters are float32 either way), computed in one
+  # compiled call.
+  initial = jax.jit(lambda key: setup.create_train_state(
+      _config('ve/digits', 'float32', batch_size), key)[2])(jax.random.PRNGKey(0))
   step_losses = {}
   for dtype in ('float32', 'bfloat16'):
     config = _config('ve/digits', dtype, batch_size)
-    model, _, state = setup.create_train_state(config, jax.random.PRNGKey(0))
-    step_fn = _step_fn(config, model)
-    step = jax.jit(step_fn, donate_argnums=0)
+    step = jax.jit(_step_fn(config, networks.get_model(config)))
     batches = data.get_data_scaler(config)(jnp.asarray(images[order]))
+    state = initial
     # One call a step, as CPU training runs (XLA:CPU is slow at convolution gradients in loops).
     for batch in batches:
       state, metrics = step(state, batch)
