@@ -44,8 +44,8 @@ def _taps(x: jax.Array, taps: np.ndarray, down: int, axes) -> jax.Array:
 
   A weighted sum of strided slices: XLA fuses it into one elementwise loop, where the
   same filter as a 1-channel grouped convolution runs 20-150x slower on the CPU (measured
-  in RESULTS.md, "FIR resampling") and is one of the GPU profile's slow kernels. Zero taps
-  (the inserted zeros of upsampling meet them) are skipped.
+  in RESULTS.md, "CPU speed against the PyTorch reference") and is one of the GPU
+  profile's slow kernels. Taps whose weight is zero add nothing and are skipped.
   """
   out = None
   for offsets in np.ndindex(*taps.shape):
