@@ -8,7 +8,8 @@
 #                                            # judge confidence, classes and D's mean logit
 #   bash benchmarks/ddls_digits.sh fid       # FID of each (step size, steps) against the
 #                                            # digits training split, and of NUM held-out real
-#                                            # digits (the floor), with the real Inception weights
+#                                            # digits (the floor; there are 180), with the real
+#                                            # Inception weights
 #   bash benchmarks/ddls_digits.sh plot      # OUT/ddls_digits.png: both against the steps
 #
 # The judge is benchmarks/digits_samplers.py's: a logistic regression fit on the clean train
@@ -84,8 +85,8 @@ PY
 fid() {
   weights=${WEIGHTS:-${SCORESDE_INCEPTION_TORCHSCRIPT:?set WEIGHTS or SCORESDE_INCEPTION_TORCHSCRIPT}}
   mkdir -p "$OUT/fid"
-  # The reference: the digits training split; the floor: NUM held-out digits; the samples of
-  # each recorded step as their own file.
+  # The reference: the digits training split; the floor: NUM held-out digits (at most the
+  # 180 there are); the samples of each recorded step as their own file.
   python - "$OUT" "$NUM" $STEP_SIZES <<'PY'
 import os, sys
 import numpy as np
@@ -106,6 +107,7 @@ PY
   [[ -n "${SCORE_WORKDIR:-}" ]] && score=$(score_npz)
   python - "$OUT" "$NUM" "$weights" "$score" $STEP_SIZES <<'PY' | tee "$OUT/fid.txt"
 import os, sys
+import numpy as np
 from scoresde_jax.evaluation import fid, metrics, weights
 out, num, weights_path, score, step_sizes = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
                                              sys.argv[4], sys.argv[5:])
@@ -121,7 +123,10 @@ def fid_of(path):
   stats = fid.load_side(path, lambda: variables, batch_size=num)
   return metrics.frechet_distance(stats['mu'], stats['sigma'], reference['mu'], reference['sigma'])
 
-print(f'real held-out digits: FID: {fid_of(os.path.join(folder, "digits_eval.npz")):.6f}', flush=True)
+heldout = os.path.join(folder, 'digits_eval.npz')
+with np.load(heldout) as f:
+  count = len(f['samples'])
+print(f'real held-out digits ({count}): FID: {fid_of(heldout):.6f}', flush=True)
 for eps in step_sizes:
   for k in (0, 10, 50, 100, 200, 500):
     value = fid_of(os.path.join(folder, f'eps_{eps}_step_{k}.npz'))
