@@ -49,8 +49,10 @@ flags.DEFINE_bool('multihost', False,
                   'Every host runs the same command.')
 flags.DEFINE_string('compilation_cache', 'default',
                     "Directory of JAX's persistent compilation cache: a second start of the "
-                    'same run skips XLA compilation. default: $JAX_COMPILATION_CACHE_DIR, else '
-                    '$XDG_CACHE_HOME/scoresde_jax/xla (~/.cache/...); "none" turns it off.')
+                    'same run skips XLA compilation, and a resumed training run loads its '
+                    'compiled step from DIR/programs without tracing it. default: '
+                    '$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/scoresde_jax/xla '
+                    '(~/.cache/...); "none" turns both off.')
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 # Programs compiling faster than this are not worth a cache file (most are JAX's eager ops).
@@ -62,14 +64,14 @@ _SCORE_MODEL_MODES = ('train', 'eval', 'sample', 'train_classifier', 'export')
 
 
 def run(mode, config, workdir, eval_folder='eval', max_steps=None, num_samples=64,
-        checkpoint=None):
+        checkpoint=None, program_dir=None):
   if mode in _SCORE_MODEL_MODES and 'gan' in config:
     from scoresde_jax import errors  # pylint: disable=import-outside-toplevel
     raise errors.ConfigError(f'--mode {mode} is for score models and this is a GAN config '
                              '(it has a `gan` section); use --mode train_gan or sample_gan.')
   if mode == 'train':
     from scoresde_jax.run import train  # pylint: disable=import-outside-toplevel
-    train.train(config, workdir, max_steps=max_steps)
+    train.train(config, workdir, max_steps=max_steps, program_dir=program_dir)
   elif mode == 'train_classifier':
     from scoresde_jax.run import train_classifier  # pylint: disable=import-outside-toplevel
     train_classifier.train_classifier(config, workdir, max_steps=max_steps)
@@ -159,13 +161,15 @@ def main(argv):
     config.keys()  # a file that failed to load is an object raising on its first use
   except OSError as e:
     _config_error(e)
-  _enable_compilation_cache(compilation_cache_dir(FLAGS.compilation_cache))
+  cache_dir = compilation_cache_dir(FLAGS.compilation_cache)
+  _enable_compilation_cache(cache_dir)
   if FLAGS.multihost:
     _join_hosts()
   from scoresde_jax import errors  # pylint: disable=import-outside-toplevel
   try:
     run(FLAGS.mode, config, FLAGS.workdir, FLAGS.eval_folder, FLAGS.max_steps,
-        FLAGS.num_samples, FLAGS.checkpoint)
+        FLAGS.num_samples, FLAGS.checkpoint,
+        program_dir=os.path.join(cache_dir, 'programs') if cache_dir else None)
   except errors.UserError as e:
     if os.environ.get('SCORESDE_DEBUG'):
       raise

@@ -78,6 +78,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import importlib.util
 import logging
 import os
 import struct
@@ -243,16 +244,26 @@ def load_digits(split: str = 'train', image_size: int = 16,
   _check_digits_shape(image_size, num_channels)
   if split not in ('train', 'eval'):
     raise ValueError(f"split={split!r}: use 'train' or 'eval'.")
-  # Imported here: scikit-learn is only needed by the digits.
-  from sklearn import datasets as sk_datasets  # pylint: disable=import-outside-toplevel
-  digits = sk_datasets.load_digits()
-  train_idx, eval_idx = digits_split_indices(len(digits.target))
+  pixels, targets = _sklearn_digits()
+  train_idx, eval_idx = digits_split_indices(len(targets))
   idx = train_idx if split == 'train' else eval_idx
-  x = digits.images[idx].astype(np.float32) / 16.
+  x = pixels[idx].reshape(-1, 8, 8).astype(np.float32) / 16.
   r = image_size // 8
   x = np.repeat(np.repeat(x, r, axis=1), r, axis=2)[..., None]
   x = np.repeat(x, num_channels, axis=-1)
-  return np.ascontiguousarray(x), digits.target[idx].astype(np.int32)
+  return np.ascontiguousarray(x), targets[idx].astype(np.int32)
+
+
+def _sklearn_digits() -> Tuple[np.ndarray, np.ndarray]:
+  """`sklearn.datasets.load_digits()`'s pixels [1797, 64] and digits, read from the CSV file
+  scikit-learn ships (each row 64 gray levels 0..16, then the digit) without importing
+  scikit-learn, which costs seconds of every start."""
+  spec = importlib.util.find_spec('sklearn')
+  if spec is None or spec.origin is None:
+    raise DatasetError('The digits dataset comes with scikit-learn: pip install scikit-learn.')
+  path = os.path.join(os.path.dirname(spec.origin), 'datasets', 'data', 'digits.csv.gz')
+  table = np.loadtxt(path, delimiter=',')
+  return table[:, :-1], table[:, -1].astype(np.int32)
 
 
 def _augment(x: np.ndarray, rng: np.random.Generator, random_flip: bool,

@@ -24,7 +24,6 @@ import functools
 import math
 from typing import Callable, Sequence
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -344,18 +343,16 @@ def get_pc_sampler(sde: sde_lib.SDE, shape: Sequence[int], predictor: str = 'rev
 # Probability-flow ODE
 
 
-_ODE_SOLVERS = {
-    'dopri5': diffrax.Dopri5,
-    'tsit5': diffrax.Tsit5,
-    'dopri8': diffrax.Dopri8,
-    'bosh3': diffrax.Bosh3,
-    'heun': diffrax.Heun,
-}
+# diffrax's solver classes by method name. diffrax is imported when an ODE is solved: at
+# module level it was a second of every start, training included.
+_ODE_SOLVERS = {'dopri5': 'Dopri5', 'tsit5': 'Tsit5', 'dopri8': 'Dopri8', 'bosh3': 'Bosh3',
+                'heun': 'Heun'}
 
 
 def _ode_solver(method: str):
+  import diffrax  # pylint: disable=import-outside-toplevel
   check_ode_method(method)
-  return _ODE_SOLVERS[method.lower()]()
+  return getattr(diffrax, _ODE_SOLVERS[method.lower()])()
 
 
 def check_ode_method(method: str):
@@ -384,6 +381,7 @@ def solve_probability_flow(sde, score_fn, x, t0: float, t1: float, *, rtol=1e-5,
   `extra`, if given, is `(init, fn)`: an additional state integrated alongside x with
   derivative `fn(x, t, drift_fn)`; used for the log-likelihood. Returns (x(t1), extra(t1), nfe).
   """
+  import diffrax  # pylint: disable=import-outside-toplevel
   solver = _ode_solver(method)
   batch = x.shape[0]
 

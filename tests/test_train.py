@@ -40,18 +40,38 @@ def tiny_config(sde='ve', **overrides):
   return set_keys(config, overrides)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, caplog):
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, caplog, monkeypatch):
   """Bit for bit: parameters, EMA, optimizer state, step and RNG (dropout on, so the RNG
-  stream and the data stream both matter; the warm-up spans the interruption). The
-  uninterrupted run's log and TensorBoard scalars are checked too (one run for both)."""
+  stream and the data stream both matter; the warm-up spans the interruption). The resumed
+  start loads the training step its first start compiled and stored, without tracing it.
+  The uninterrupted run's log and TensorBoard scalars are checked too (one run for both)."""
   config = tiny_config(**{'training.snapshot_sampling': True, 'optim.warmup': 5,
                           'optim.lr': 1e-3})
+  # The first start compiles the step (before the straight run puts it in the persistent
+  # compilation cache, whose executables are not stored) and stores it.
+  programs = str(tmp_path / 'programs')
+  main.run('train', config, str(tmp_path / 'resumed'), max_steps=2,  # "killed" at step 2
+           program_dir=programs)
+  assert checkpoints.RunCheckpoints(str(tmp_path / 'resumed')).latest_step() == 2
   with caplog.at_level('INFO'):
     straight = train.train(config, str(tmp_path / 'straight'))
   check_progress_log_and_tensorboard_scalars(caplog.text, tmp_path / 'straight')
-  main.run('train', config, str(tmp_path / 'resumed'), max_steps=2)  # "killed" at step 2
-  assert checkpoints.RunCheckpoints(str(tmp_path / 'resumed')).latest_step() == 2
-  resumed = train.train(config, str(tmp_path / 'resumed'))
+  get_loss_fn = setup.get_loss_fn
+
+  def untraceable_training_loss(config, sde, model, train):
+    loss_fn = get_loss_fn(config, sde, model, train)
+    if not train:
+      return loss_fn
+
+    def traced(*args, **kwargs):
+      raise AssertionError('the resumed run traced its training step')
+    return traced
+
+  monkeypatch.setattr(setup, 'get_loss_fn', untraceable_training_loss)
+  caplog.clear()
+  with caplog.at_level('INFO'):
+    resumed = train.train(config, str(tmp_path / 'resumed'), program_dir=programs)
+  assert 'Loaded the compiled program train_step-' in caplog.text
   assert int(resumed.step) == int(straight.step) == 8
   assert leaves_equal(resumed, straight)
   # Snapshots every 4 steps, with sample grids and the diffusion picture.

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from scoresde_jax import checkpoints, errors, losses, parallel
-from scoresde_jax.run import data, files, images, loop, networks, setup
+from scoresde_jax.run import data, files, images, loop, networks, programs, setup
 from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,11 @@ def snapshot_sampler(config, mesh):
                            trajectory_steps=trajectory_steps)
 
 
-def train(config, workdir: str, max_steps: int | None = None):
+def train(config, workdir: str, max_steps: int | None = None, program_dir: str | None = None):
   """Trains (or resumes) the run in `workdir`. Returns the final state.
 
   `max_steps` stops early after that many steps of this invocation (tests, benchmarks).
+  `program_dir` keeps the compiled training step for the next start (`run.programs`).
   """
   mesh = parallel.make_mesh()
   validate_config(config, mesh.size)
@@ -99,19 +100,27 @@ def train(config, workdir: str, max_steps: int | None = None):
   eval_iter = data.get_dataset(
       config, 'eval', start_step=initial_step // config.training.eval_freq * n_jitted)
   check_workdir_config(workdir, config)
-  model, optimizer, state = setup.create_train_state(config, jax.random.PRNGKey(config.seed))
-  if initial_step:
-    state = ckpts.restore(state, initial_step)
-    log.info('Resuming from step %d.', initial_step)
-  state = jax.device_put(state, replicated)
-
+  model, optimizer = networks.get_model(config), setup.get_optimizer(config)
   train_step = losses.get_multi_step_fn(losses.get_step_fn(
       setup.get_loss_fn(config, sde, model, train=True), optimizer, float(config.model.ema_rate)))
   eval_step = losses.get_multi_step_fn(losses.get_step_fn(
       setup.get_loss_fn(config, sde, model, train=False), train=False))
   # Donated: the old state is dead after the step, so its buffers are reused.
-  p_train = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+  p_train = programs.Program(
+      jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated)),
+      programs.program_path(program_dir, 'train_step', config, mesh))
   p_eval = jax.jit(eval_step, out_shardings=(replicated, replicated))
+
+  if initial_step:
+    # The state's structure, from the stored step's signature or else traced (not computed:
+    # the checkpoint replaces every value).
+    template = (p_train.abstract_args()[0] if p_train.loaded
+                else setup.model_and_template(config)[1])
+    state = ckpts.restore(template, initial_step)
+    log.info('Resuming from step %d.', initial_step)
+  else:
+    state = setup.create_train_state(config, jax.random.PRNGKey(config.seed))[2]
+  state = jax.device_put(state, replicated)
 
   batch_sharding = parallel.data_sharding(mesh, batch_axis=1)
 
