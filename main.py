@@ -74,7 +74,8 @@ def run(mode, config, workdir, eval_folder='eval', max_steps=None, num_samples=6
     train.train(config, workdir, max_steps=max_steps, program_dir=program_dir)
   elif mode == 'train_classifier':
     from scoresde_jax.run import train_classifier  # pylint: disable=import-outside-toplevel
-    train_classifier.train_classifier(config, workdir, max_steps=max_steps)
+    train_classifier.train_classifier(config, workdir, max_steps=max_steps,
+                                       program_dir=program_dir)
   elif mode == 'eval':
     from scoresde_jax.run import evaluate  # pylint: disable=import-outside-toplevel
     evaluate.evaluate(config, workdir, eval_folder)
@@ -90,7 +91,7 @@ def run(mode, config, workdir, eval_folder='eval', max_steps=None, num_samples=6
     pretrained.export_run(config, workdir)
   elif mode == 'train_gan':
     from scoresde_jax.run import train_gan  # pylint: disable=import-outside-toplevel
-    train_gan.train_gan(config, workdir, max_steps=max_steps)
+    train_gan.train_gan(config, workdir, max_steps=max_steps, program_dir=program_dir)
   elif mode == 'sample_gan':
     from scoresde_jax.run import ddls  # pylint: disable=import-outside-toplevel
     ddls.sample_gan(config, workdir, eval_folder, num_samples=num_samples)

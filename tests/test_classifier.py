@@ -142,14 +142,21 @@ def test_log_prob_fn_from_workdir_classifies_and_has_finite_gradients(trained):
   np.testing.assert_allclose(grad2, 2 * grad, rtol=1e-5, atol=1e-6)
 
 
-def test_resumed_run_equals_uninterrupted(tmp_path):
+def test_resumed_run_equals_uninterrupted(tmp_path, caplog):
+  """Bit for bit, the resumed start running the step its first start compiled and stored
+  (compiled before the straight run puts it in the persistent cache, whose executables are
+  not stored)."""
   overrides = {'classifier.n_iters': 6, 'classifier.snapshot_freq': 3,
                'classifier.snapshot_freq_for_preemption': 2, 'classifier.eval_freq': 3,
                'classifier.batch_size': 8, 'classifier.log_freq': 2}
   config = tiny_config(**overrides)
+  programs = str(tmp_path / 'programs')
+  tc.train_classifier(config, str(tmp_path / 'resumed'), max_steps=4,  # "killed" at step 4
+                      program_dir=programs)
   straight = tc.train_classifier(config, str(tmp_path / 'straight'))
-  tc.train_classifier(config, str(tmp_path / 'resumed'), max_steps=4)  # "killed" at step 4
-  resumed = tc.train_classifier(config, str(tmp_path / 'resumed'))
+  with caplog.at_level('INFO'):
+    resumed = tc.train_classifier(config, str(tmp_path / 'resumed'), program_dir=programs)
+  assert 'Loaded the compiled program classifier_step-' in caplog.text
   assert int(resumed.step) == int(straight.step) == 6
   assert leaves_equal(resumed, straight)
   # A longer schedule resumes; another network is refused.

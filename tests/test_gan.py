@@ -31,10 +31,16 @@ def tiny_gan_config(**overrides):
 
 
 def test_resumed_gan_run_equals_uninterrupted_and_ddls_writes_the_chain(tmp_path, caplog):
-  """Bit for bit: both networks, the EMA, both Adam states, step and key; then DDLS on the
-  finished run (R1 off: its double gradient would add seconds of compilation; the penalty
+  """Bit for bit (the resumed start from its stored compiled step): both networks, the EMA,
+  both Adam states, step and key; then DDLS on the finished run (R1 off: its double gradient would add seconds of compilation; the penalty
   is checked exactly below)."""
   config = tiny_gan_config()
+  # The killed run first: it compiles the step (not yet in the persistent compilation cache,
+  # whose executables are not stored) and stores it for the resumed start.
+  programs = str(tmp_path / 'programs')
+  main.run('train_gan', config, str(tmp_path / 'resumed'), max_steps=2,  # "killed" at step 2
+           program_dir=programs)
+  assert checkpoints.RunCheckpoints(str(tmp_path / 'resumed')).latest_step() == 2
   with caplog.at_level('INFO'):
     straight = train_gan.train_gan(config, str(tmp_path / 'straight'))
   losses = [float(v) for v in re.findall(r'GAN step \d+/6: loss (\S+),', caplog.text)]
@@ -46,9 +52,10 @@ def test_resumed_gan_run_equals_uninterrupted_and_ddls_writes_the_chain(tmp_path
   for step in (2, 3, 4, 6):
     assert scalars['gan_loss'][step] == pytest.approx(
         scalars['d_loss'][step] + scalars['g_loss'][step], rel=1e-5)
-  main.run('train_gan', config, str(tmp_path / 'resumed'), max_steps=2)  # "killed" at step 2
-  assert checkpoints.RunCheckpoints(str(tmp_path / 'resumed')).latest_step() == 2
-  resumed = train_gan.train_gan(config, str(tmp_path / 'resumed'))
+  caplog.clear()
+  with caplog.at_level('INFO'):
+    resumed = train_gan.train_gan(config, str(tmp_path / 'resumed'), program_dir=programs)
+  assert 'Loaded the compiled program gan_step-' in caplog.text
   assert int(resumed.step) == int(straight.step) == 6
   assert leaves_equal(resumed, straight)
   assert checkpoints.RunCheckpoints(str(tmp_path / 'straight')).snapshot_steps() == [3, 6]

@@ -9,6 +9,7 @@ versions of the libraries that build it, the devices, XLA's flags and JAX's sett
 resumed run then loads the executable without tracing, and takes its state's structure from
 the executable's input signature.
 
+The training runs of the score model, the classifier and the GAN keep their steps this way.
 A key that misses (any of those changed) traces and compiles as usual and stores the result;
 a stored file that fails to load is reported and replaced. Programs are stored only when
 the caller names a directory (main.py: under the compilation cache, none with

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from scoresde_jax import checkpoints, errors, losses, parallel, sde_lib
-from scoresde_jax.run import data, loop, networks, setup
+from scoresde_jax.run import data, loop, networks, programs, setup
 from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,12 @@ def eval_accuracy(config, params, sigmas, split: str = 'eval', seed: int = 0) ->
   return Accuracy(config, split)(params, sigmas, seed)
 
 
-def train_classifier(config, workdir: str, max_steps: int | None = None):
+def train_classifier(config, workdir: str, max_steps: int | None = None,
+                     program_dir: str | None = None):
   """Trains (or resumes) the classifier of `config` in WORKDIR/classifier/. Returns its state.
 
-  `max_steps` stops after that many steps of this invocation (tests).
+  `max_steps` stops after that many steps of this invocation (tests). `program_dir` keeps the
+  compiled step for the next start (`run.programs`).
   """
   mesh = parallel.make_mesh()
   _validate(config, mesh.size)
@@ -194,7 +196,9 @@ def train_classifier(config, workdir: str, max_steps: int | None = None):
   step_fn = losses.get_multi_step_fn(losses.get_step_fn(
       get_classifier_loss_fn(sde, model, eps), optimizer, float(c.ema_rate)))
   # Donated: the old state is dead after the step, so its buffers are reused.
-  p_train = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+  p_train = programs.Program(
+      jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated)),
+      programs.program_path(program_dir, 'classifier_step', config, mesh))
   scaler = data.get_data_scaler(config)
   train_iter = data.get_dataset(config, 'train', start_step=initial_step,
                                 batch_size=int(c.batch_size), additional_dim=steps.steps_per_call)

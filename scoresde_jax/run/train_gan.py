@@ -28,7 +28,7 @@ import optax
 
 from scoresde_jax import checkpoints, errors, losses, parallel
 from scoresde_jax.models import gan
-from scoresde_jax.run import data, files, images, loop
+from scoresde_jax.run import data, files, images, loop, programs
 from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,12 @@ def snapshot_latents(config, num: int):
   return jax.random.normal(jax.random.PRNGKey(config.seed + 1), (num, config.gan.latent_dim))
 
 
-def train_gan(config, workdir: str, max_steps: int | None = None):
+def train_gan(config, workdir: str, max_steps: int | None = None,
+              program_dir: str | None = None):
   """Trains (or resumes) the GAN run in `workdir`. Returns the final GANState.
 
-  `max_steps` stops after that many steps of this invocation (tests).
+  `max_steps` stops after that many steps of this invocation (tests). `program_dir` keeps the
+  compiled step for the next start (`run.programs`).
   """
   mesh = parallel.make_mesh()
   validate_config(config, mesh.size)
@@ -209,7 +211,9 @@ def train_gan(config, workdir: str, max_steps: int | None = None):
   step_fn = losses.get_multi_step_fn(get_step_fn(generator, discriminator, g_opt, d_opt, float(g.r1_gamma),
                                     float(g.ema_rate)))
   # Donated: the old state is dead after the step, so its buffers are reused.
-  p_train = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+  p_train = programs.Program(
+      jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated)),
+      programs.program_path(program_dir, 'gan_step', config, mesh))
   scaler = data.get_data_scaler(config)
   batch_sharding = parallel.data_sharding(mesh, batch_axis=1)
 
