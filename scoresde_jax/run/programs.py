@@ -46,10 +46,7 @@ class Program:
     self._jitted = jitted
     self._path = path
     self.compiled = _load(path) if path else None
-
-  @property
-  def loaded(self) -> bool:
-    return self.compiled is not None
+    self.loaded = self.compiled is not None  # from the store, not compiled by this start
 
   def abstract_args(self) -> tuple:
     """The positional arguments the loaded executable takes, as ShapeDtypeStructs with their

@@ -83,17 +83,23 @@ def get_classifier_loss_fn(sde: sde_lib.SDE, model, eps: float):
   return loss_fn
 
 
-def create_classifier_state(config, rng=None):
-  """(model, optimizer, state): a fresh classifier and its Adam state (float32)."""
+def create_classifier_state(config, rng=None, abstract: bool = False):
+  """(model, optimizer, state): a fresh classifier and its Adam state (float32); with
+  `abstract`, the state's shapes only, to restore a checkpoint into (nothing computed)."""
   if rng is None:
     # Its own key, distinct from the score model's PRNGKey(seed).
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  init_rng, state_rng = jax.random.split(rng)
-  model, params = networks.init_classifier(init_rng, config)
   c = config.classifier
   optimizer = losses.get_optimizer(float(c.lr), int(c.warmup), float(c.grad_clip),
                                    weight_decay=float(c.weight_decay))
-  return model, optimizer, losses.init_train_state(params, optimizer, state_rng)
+
+  def init(rng):
+    init_rng, state_rng = jax.random.split(rng)
+    _, params = networks.init_classifier(init_rng, config)
+    return losses.init_train_state(params, optimizer, state_rng)
+
+  state = jax.eval_shape(init, rng) if abstract else init(rng)
+  return networks.get_classifier(config), optimizer, state
 
 
 def check_classifier_config(directory: str, config):
@@ -185,9 +191,10 @@ def train_classifier(config, workdir: str, max_steps: int | None = None,
 
   sde = setup.get_sde(config)
   eps = sde_lib.sampling_eps(sde)
-  model, optimizer, state = create_classifier_state(config)
   ckpts = checkpoints.RunCheckpoints(directory)
-  if ckpts.latest_step() is not None:
+  resuming = ckpts.latest_step() is not None
+  model, optimizer, state = create_classifier_state(config, abstract=resuming)
+  if resuming:
     state = ckpts.restore(state)
     log.info('Resuming the classifier from step %d.', int(state.step))
   state = jax.device_put(state, replicated)
@@ -240,7 +247,7 @@ def restore_classifier_params(config, workdir: str, step: int | None = None, ema
     raise errors.CheckpointNotFoundError(
         f'No classifier checkpoints in {directory!r}; train one with `python main.py --mode '
         f'train_classifier --config ... --workdir {workdir}`.')
-  _, _, template = create_classifier_state(config)
+  _, _, template = create_classifier_state(config, abstract=True)
   ckpts = checkpoints.RunCheckpoints(directory, asynchronous=False)
   try:
     if ckpts.latest_step() is None:
