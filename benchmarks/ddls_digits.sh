@@ -7,9 +7,9 @@
 #                                            # steps 0 (G alone), 10, 50, 100, 200, 500; print
 #                                            # judge confidence, classes and D's mean logit
 #   bash benchmarks/ddls_digits.sh fid       # FID of each (step size, steps) against the
-#                                            # digits training split, and of NUM held-out real
-#                                            # digits (the floor; there are 180), with the real
-#                                            # Inception weights
+#                                            # digits training split, and of the 180 held-out
+#                                            # digits (the floor), with the real Inception
+#                                            # weights (benchmarks/digits_fid.py)
 #   bash benchmarks/ddls_digits.sh plot      # OUT/ddls_digits.png: both against the steps
 #
 # The judge is benchmarks/digits_samplers.py's: a logistic regression fit on the clean train
@@ -85,55 +85,25 @@ PY
 fid() {
   weights=${WEIGHTS:-${SCORESDE_INCEPTION_TORCHSCRIPT:?set WEIGHTS or SCORESDE_INCEPTION_TORCHSCRIPT}}
   mkdir -p "$OUT/fid"
-  # The reference: the digits training split; the floor: NUM held-out digits (at most the
-  # 180 there are); the samples of each recorded step as their own file.
-  python - "$OUT" "$NUM" $STEP_SIZES <<'PY'
+  # The samples of each recorded step as their own file.
+  python - "$OUT" $STEP_SIZES <<'PY'
 import os, sys
 import numpy as np
-from scoresde_jax import datasets
-out, num, step_sizes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-for split in ('train', 'eval'):
-  images, _ = datasets.load_digits(split, image_size=8, num_channels=1)
-  pixels = np.floor(images[:num if split == 'eval' else None] * 255 + 0.5).astype(np.uint8)
-  np.savez(os.path.join(out, 'fid', f'digits_{split}.npz'), samples=pixels)
+out, step_sizes = sys.argv[1], sys.argv[2:]
 for eps in step_sizes:
   with np.load(os.path.join(out, 'gan', f'ddls_eps_{eps}', 'ddls', 'samples.npz')) as f:
     for k, pixels in zip(f['record_steps'], f['images']):
       np.savez(os.path.join(out, 'fid', f'eps_{eps}_step_{k}.npz'), samples=pixels)
 PY
-  # One process for every FID, so the Inception network compiles once (on a CPU each compile
-  # costs about as much as scoring the images); the train statistics are kept and reused.
-  score=''
-  [[ -n "${SCORE_WORKDIR:-}" ]] && score=$(score_npz)
-  python - "$OUT" "$NUM" "$weights" "$score" $STEP_SIZES <<'PY' | tee "$OUT/fid.txt"
-import os, sys
-import numpy as np
-from scoresde_jax.evaluation import fid, metrics, weights
-out, num, weights_path, score, step_sizes = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
-                                             sys.argv[4], sys.argv[5:])
-variables = weights.load_inception(weights_path)
-folder = os.path.join(out, 'fid')
-train_stats = os.path.join(folder, 'digits_train_stats.npz')
-if not os.path.exists(train_stats):
-  fid.compute_statistics(fid.sample_file_batches(os.path.join(folder, 'digits_train.npz'), num),
-                         variables, path=train_stats)
-reference = metrics.load_statistics(train_stats)
-
-def fid_of(path):
-  stats = fid.load_side(path, lambda: variables, batch_size=num)
-  return metrics.frechet_distance(stats['mu'], stats['sigma'], reference['mu'], reference['sigma'])
-
-heldout = os.path.join(folder, 'digits_eval.npz')
-with np.load(heldout) as f:
-  count = len(f['samples'])
-print(f'real held-out digits ({count}): FID: {fid_of(heldout):.6f}', flush=True)
-for eps in step_sizes:
-  for k in (0, 10, 50, 100, 200, 500):
-    value = fid_of(os.path.join(folder, f'eps_{eps}_step_{k}.npz'))
-    print(f'step size {eps}, {k} steps: FID: {value:.6f}', flush=True)
-if score:
-  print(f'score model: FID: {fid_of(score):.6f}', flush=True)
-PY
+  files=()
+  for eps in $STEP_SIZES; do
+    for k in 0 10 50 100 200 500; do
+      files+=("step size $eps, $k steps=$OUT/fid/eps_${eps}_step_$k.npz")
+    done
+  done
+  [[ -n "${SCORE_WORKDIR:-}" ]] && files+=("score model=$(score_npz)")
+  python benchmarks/digits_fid.py --weights "$weights" --work "$OUT/fid" --batch_size "$NUM" \
+      "${files[@]}" | tee "$OUT/fid.txt"
 }
 
 case "${1:-}" in

@@ -4,9 +4,10 @@
 #   bash benchmarks/table1_digits.sh samples   # train VE and VP digits, 500 samples per
 #                                              # sampler setting (a GPU: minutes; 2-core CPU:
 #                                              # hours, ~0.4 s per score evaluation of 500)
-#   bash benchmarks/table1_digits.sh fid       # FID of each setting and of 500 held-out real
+#   bash benchmarks/table1_digits.sh fid       # FID of each setting and of the 180 held-out
 #                                              # digits (the floor) with the real Inception
-#                                              # weights, on any machine that has them
+#                                              # weights, on any machine that has them, in one
+#                                              # process (benchmarks/digits_fid.py)
 #
 # Settings as `run.sweeps.paper_table1_sweep` (N = 1000): P1000 and P2000 with ancestral
 # sampling, reverse diffusion and the probability flow; C2000 (Langevin); PC1000 with each
@@ -52,29 +53,15 @@ samples() {
 
 fid() {
   weights=${WEIGHTS:-${SCORESDE_INCEPTION_TORCHSCRIPT:?set WEIGHTS or SCORESDE_INCEPTION_TORCHSCRIPT}}
-  # The reference: the digits training split's statistics; the floor: 500 held-out digits.
-  python - "$OUT" "$NUM" <<'PY'
-import os, sys
-import numpy as np
-from scoresde_jax import datasets
-out, num = sys.argv[1], int(sys.argv[2])
-for split in ('train', 'eval'):
-  images, _ = datasets.load_digits(split, image_size=8, num_channels=1)
-  pixels = np.floor(images[:num if split == 'eval' else None] * 255 + 0.5).astype(np.uint8)
-  np.savez(os.path.join(out, f'digits_{split}.npz'), samples=pixels)
-PY
-  python -m scoresde_jax.evaluation.fid "$OUT/digits_train.npz" --inception_weights "$weights" \
-      --save_stats "$OUT/digits_train_stats.npz"
-  echo "real held-out digits: $(python -m scoresde_jax.evaluation.fid "$OUT/digits_eval.npz" \
-      "$OUT/digits_train_stats.npz" --inception_weights "$weights" | grep FID)"
+  files=()
   for sde in ve vp; do
     for setting in "${SETTINGS[@]}"; do
       read -r name _ <<< "$setting"
-      samples=$(ls "$OUT/$sde/table1/$name"/samples_step_*.npz)
-      echo "$sde $name: $(python -m scoresde_jax.evaluation.fid "$samples" \
-          "$OUT/digits_train_stats.npz" --inception_weights "$weights" | grep FID)"
+      files+=("$sde $name=$(ls "$OUT/$sde/table1/$name"/samples_step_*.npz)")
     done
   done
+  python benchmarks/digits_fid.py --weights "$weights" --work "$OUT" "${files[@]}" \
+      | tee "$OUT/fid.txt"
 }
 
 case "${1:-}" in

@@ -1,0 +1,72 @@
+"""FID of sample files against the digits training split, every file in one process.
+
+    python benchmarks/digits_fid.py --weights default_1.pt --work DIR \
+        "VE P1000=runs/table1/ve/table1/P1000/samples_step_3000.npz" "score model=S.npz"
+
+prints `real held-out digits (180): FID: x` (the floor: every held-out digit, the FID that
+samples of the data distribution itself reach at about this count) and then `LABEL: FID: x`
+for each LABEL=PATH (an .npz with uint8 `samples` [N, 8, 8, 1], as `main.py --mode sample`
+and the DDLS sampler write them). On a CPU compiling the Inception network costs about as
+much as scoring a file, so it is compiled once here for all of them; the train split's
+statistics are computed once and kept as DIR/digits_train_stats.npz.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scoresde_jax import datasets  # noqa: E402
+from scoresde_jax.evaluation import fid, metrics, weights  # noqa: E402
+
+
+def write_digits(split: str, path: str):
+  """The digits of `split` as the uint8 pixels samples are stored in."""
+  images, _ = datasets.load_digits(split, image_size=8, num_channels=1)
+  np.savez(path, samples=np.floor(images * 255 + 0.5).astype(np.uint8))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--weights', required=True, help='the real Inception weights file')
+  parser.add_argument('--work', required=True, help='folder for the digits files and stats')
+  parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('files', nargs='*', metavar='LABEL=PATH')
+  args = parser.parse_args(argv)
+  named = []
+  for item in args.files:
+    label, sep, path = item.partition('=')
+    if not sep or not os.path.isfile(path):
+      parser.error(f'{item!r}: expected LABEL=PATH of an existing .npz')
+    named.append((label, path))
+
+  os.makedirs(args.work, exist_ok=True)
+  variables = weights.load_inception(args.weights)
+  train_stats = os.path.join(args.work, 'digits_train_stats.npz')
+  if not os.path.exists(train_stats):
+    train = os.path.join(args.work, 'digits_train.npz')
+    write_digits('train', train)
+    fid.compute_statistics(fid.sample_file_batches(train, args.batch_size), variables,
+                           path=train_stats)
+  reference = metrics.load_statistics(train_stats)
+
+  def fid_of(path):
+    stats = fid.load_side(path, lambda: variables, batch_size=args.batch_size)
+    return metrics.frechet_distance(stats['mu'], stats['sigma'], reference['mu'],
+                                    reference['sigma'])
+
+  heldout = os.path.join(args.work, 'digits_eval.npz')
+  write_digits('eval', heldout)
+  with np.load(heldout) as f:
+    count = len(f['samples'])
+  print(f'real held-out digits ({count}): FID: {fid_of(heldout):.6f}', flush=True)
+  for label, path in named:
+    print(f'{label}: FID: {fid_of(path):.6f}', flush=True)
+
+
+if __name__ == '__main__':
+  main()
