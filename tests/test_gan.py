@@ -32,8 +32,8 @@ def tiny_gan_config(**overrides):
 
 def test_resumed_gan_run_equals_uninterrupted_and_ddls_writes_the_chain(tmp_path, caplog):
   """Bit for bit (the resumed start from its stored compiled step): both networks, the EMA,
-  both Adam states, step and key; then DDLS on the finished run (R1 off: its double gradient would add seconds of compilation; the penalty
-  is checked exactly below)."""
+  both Adam states, step and key; then DDLS on the finished run (R1 off: its double gradient
+  would add seconds of compilation; the penalty is checked exactly below)."""
   config = tiny_gan_config()
   # The killed run first: it compiles the step (not yet in the persistent compilation cache,
   # whose executables are not stored) and stores it for the resumed start.

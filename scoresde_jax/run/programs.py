@@ -28,6 +28,7 @@ import pickle
 import jax
 from jax.experimental import serialize_executable
 
+from scoresde_jax import parallel
 from scoresde_jax.run import files, loop
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,15 @@ class Program:
       if self._path and _persistent_cache_hits[0] == hits:
         _save(self._path, self.compiled)
     return self.compiled(*args)
+
+
+def training_step(step_fn, name: str, config, mesh, program_dir: str | None) -> Program:
+  """`step_fn(state, batch) -> (state, metrics)` as the training runs call it: jitted with the
+  old state donated (dead after the step, so its buffers are reused) and state and metrics
+  replicated over `mesh`; stored as `name` under `program_dir`."""
+  replicated = parallel.replicated(mesh)
+  return Program(jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated)),
+                 program_path(program_dir, name, config, mesh))
 
 
 _persistent_cache_hits = [0]

@@ -105,10 +105,7 @@ def train(config, workdir: str, max_steps: int | None = None, program_dir: str |
       setup.get_loss_fn(config, sde, model, train=True), optimizer, float(config.model.ema_rate)))
   eval_step = losses.get_multi_step_fn(losses.get_step_fn(
       setup.get_loss_fn(config, sde, model, train=False), train=False))
-  # Donated: the old state is dead after the step, so its buffers are reused.
-  p_train = programs.Program(
-      jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated)),
-      programs.program_path(program_dir, 'train_step', config, mesh))
+  p_train = programs.training_step(train_step, 'train_step', config, mesh, program_dir)
   p_eval = jax.jit(eval_step, out_shardings=(replicated, replicated))
 
   if initial_step:

@@ -202,10 +202,7 @@ def train_classifier(config, workdir: str, max_steps: int | None = None,
 
   step_fn = losses.get_multi_step_fn(losses.get_step_fn(
       get_classifier_loss_fn(sde, model, eps), optimizer, float(c.ema_rate)))
-  # Donated: the old state is dead after the step, so its buffers are reused.
-  p_train = programs.Program(
-      jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated)),
-      programs.program_path(program_dir, 'classifier_step', config, mesh))
+  p_train = programs.training_step(step_fn, 'classifier_step', config, mesh, program_dir)
   scaler = data.get_data_scaler(config)
   train_iter = data.get_dataset(config, 'train', start_step=initial_step,
                                 batch_size=int(c.batch_size), additional_dim=steps.steps_per_call)

@@ -210,10 +210,7 @@ def train_gan(config, workdir: str, max_steps: int | None = None,
 
   step_fn = losses.get_multi_step_fn(get_step_fn(generator, discriminator, g_opt, d_opt, float(g.r1_gamma),
                                     float(g.ema_rate)))
-  # Donated: the old state is dead after the step, so its buffers are reused.
-  p_train = programs.Program(
-      jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated)),
-      programs.program_path(program_dir, 'gan_step', config, mesh))
+  p_train = programs.training_step(step_fn, 'gan_step', config, mesh, program_dir)
   scaler = data.get_data_scaler(config)
   batch_sharding = parallel.data_sharding(mesh, batch_axis=1)
 
