@@ -53,6 +53,14 @@ flags.DEFINE_string('compilation_cache', 'default',
                     'compiled step from DIR/programs without tracing it. default: '
                     '$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/scoresde_jax/xla '
                     '(~/.cache/...); "none" turns both off.')
+flags.DEFINE_string('cpu_devices', 'auto',
+                    'Where JAX runs on the CPU: how many devices to split it into, each '
+                    "taking its share of every batch on its own core. auto: one per core, as "
+                    'many as divide the batch sizes of --mode; 1: one device (JAX\'s default). '
+                    'No effect on a GPU or TPU, nor when XLA_FLAGS or JAX_NUM_CPU_DEVICES '
+                    'already set the CPU device count.')
+flags.register_validator('cpu_devices', lambda v: v == 'auto' or (v.isdigit() and int(v) >= 1),
+                         '--cpu_devices must be auto or a whole number >= 1')
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 # Programs compiling faster than this are not worth a cache file (most are JAX's eager ops).
@@ -140,6 +148,30 @@ def _enable_compilation_cache(directory):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', _CACHE_MIN_COMPILE_SECONDS)
 
 
+# The batch sizes each mode splits evenly over the devices (the others round up themselves).
+_DIVIDED_BATCHES = {
+    'train': ('training', 'batch_size'),
+    'eval': ('eval', 'batch_size'),
+    'fid_stats': ('eval', 'batch_size'),
+    'train_classifier': ('classifier', 'batch_size'),
+    'train_gan': ('gan', 'batch_size'),
+}
+
+
+def cpu_device_count(flag: str, config, mode: str, cores: int | None = None) -> int:
+  """The number of CPU devices --cpu_devices asks for (`parallel.split_cpu` says why)."""
+  from scoresde_jax import parallel  # pylint: disable=import-outside-toplevel
+  if flag != 'auto':
+    return int(flag)
+  sizes = []
+  if mode in _DIVIDED_BATCHES:
+    section, field = _DIVIDED_BATCHES[mode]
+    value = config[section][field] if section in config and field in config[section] else None
+    if isinstance(value, int) and value > 0:  # a bad size gets its own error from the run
+      sizes.append(value)
+  return parallel.cpu_device_count(sizes, cores)
+
+
 def _join_hosts():
   import jax  # pylint: disable=import-outside-toplevel
   # JAX reads JAX_COORDINATOR_ADDRESS itself; the process count and index it only detects on
@@ -162,6 +194,8 @@ def main(argv):
     config.keys()  # a file that failed to load is an object raising on its first use
   except OSError as e:
     _config_error(e)
+  from scoresde_jax import parallel  # pylint: disable=import-outside-toplevel
+  parallel.split_cpu(cpu_device_count(FLAGS.cpu_devices, config, FLAGS.mode))
   cache_dir = compilation_cache_dir(FLAGS.compilation_cache)
   _enable_compilation_cache(cache_dir)
   if FLAGS.multihost:

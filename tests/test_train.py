@@ -155,12 +155,42 @@ def test_mistakes_get_one_clear_line(tmp_path, args, message):
   assert 'Traceback' not in proc.stderr
 
 
-def test_batch_not_divisible_by_devices(tmp_path):
-  proc = _main('--mode', 'train', '--workdir', str(tmp_path), '--config', 'configs/ve/digits.py',
-               '--config.training.batch_size=12',
-               env={'XLA_FLAGS': xla_flags(8)})
+@pytest.mark.parametrize('how', ['xla_flags', 'cpu_devices'])
+def test_batch_not_divisible_by_devices(tmp_path, how):
+  """Eight CPU devices asked for either way (simulated host devices, or --cpu_devices=8,
+  which also shows the flag reaches the backend); batch 12 does not split over them."""
+  args = ('--mode', 'train', '--workdir', str(tmp_path), '--config', 'configs/ve/digits.py',
+          '--config.training.batch_size=12')
+  if how == 'xla_flags':
+    proc = _main(*args, '--cpu_devices=3', env={'XLA_FLAGS': xla_flags(8)})  # the env wins
+  else:
+    proc = _main(*args, '--cpu_devices=8')
   assert proc.returncode == 2  # a user error (main.USER_ERROR)
   assert 'training.batch_size=12 is not divisible by the 8 devices' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('mode,cores,expected', [
+    ('train', 2, 2),  # batch 64 over the two cores
+    ('train', 5, 4),  # the most devices that divide 64
+    ('train', 1, 1),
+    ('eval', 8, 6),  # eval.batch_size 12
+    ('train_classifier', 8, 8),  # no classifier section: nothing to divide
+    ('sample', 3, 3),  # sampling rounds its batch up to the devices itself
+])
+def test_cpu_devices_auto_divides_the_batch_of_the_mode(mode, cores, expected):
+  config = configs.load_config(os.path.join(ROOT, 'configs/ve/digits.py'))
+  config.training.batch_size = 64
+  config.eval.batch_size = 12
+  assert main.cpu_device_count('auto', config, mode, cores) == expected
+  assert main.cpu_device_count('3', config, mode, cores) == 3
+
+
+def test_bad_cpu_devices_flag_is_one_line(tmp_path):
+  proc = _main('--mode', 'train', '--workdir', str(tmp_path), '--config', 'configs/ve/digits.py',
+               '--cpu_devices=two')
+  assert proc.returncode != 0
+  assert '--cpu_devices must be auto or a whole number >= 1' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
 
@@ -307,6 +337,7 @@ def test_two_process_run_matches_one_process(tmp_path):
     assert str(config[section][name]).replace(' ', '') == str(value), key
   workdir = str(tmp_path / 'two')
   args = [sys.executable, 'main.py', '--mode', 'train', '--multihost', '--workdir', workdir,
+          '--cpu_devices=1',  # one device per process: the host split is what is tested
           '--config', 'configs/ve/digits.py'] + [f'--config.{k}={v}' for k, v in overrides.items()]
   procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(
