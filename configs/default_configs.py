@@ -99,6 +99,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-4
   optim.warmup = 5000
+  # After the warmup, a half cosine from lr to 0 at training.n_iters (the paper: constant).
+  optim.cosine_decay = False
   optim.grad_clip = 1.
   optim.optimizer = 'Adam'
   optim.beta1 = 0.9

@@ -184,25 +184,35 @@ def get_loss_fn(sde, apply_fn, continuous=True, reduce_mean=False, likelihood_we
 # Optimization
 
 
-def learning_rate_schedule(lr: float, warmup: int = 0) -> Callable:
+def learning_rate_schedule(lr: float, warmup: int = 0, decay_steps: int = 0) -> Callable:
   """count -> learning rate of the update made after `count` earlier updates:
-  lr * min(count / warmup, 1) (constant lr without warmup)."""
-  if warmup > 0:
-    return lambda count: lr * jnp.minimum(count / warmup, 1.0)
-  return lambda count: jnp.full((), lr, jnp.float32)
+  lr * min(count / warmup, 1), times a half cosine from 1 at the end of the warmup to 0 at
+  `decay_steps` updates when that is > 0 (constant lr with neither)."""
+  def schedule(count):
+    rate = jnp.full((), lr, jnp.float32)
+    if warmup > 0:
+      rate = rate * jnp.minimum(count / warmup, 1.0)
+    if decay_steps > 0:
+      progress = jnp.clip((count - warmup) / max(decay_steps - warmup, 1), 0.0, 1.0)
+      rate = rate * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return rate
+  return schedule
 
 
 def get_optimizer(lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1: float = 0.9,
                   beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-                  ) -> optax.GradientTransformation:
+                  decay_steps: int = 0) -> optax.GradientTransformation:
   """Adam as the reference configures it.
 
   The learning rate ramps linearly, lr * min(step / warmup, 1) with step counted from 0
-  (so the very first update has learning rate 0, as in the reference); gradients are clipped
+  (so the very first update has learning rate 0, as in the reference); with `decay_steps`
+  it then falls along a half cosine to 0 at that step (not in the reference: a short run
+  ends on small steps instead of the noise of a constant rate); gradients are clipped
   to global norm `grad_clip` (off when negative); weight decay is decoupled (AdamW).
   """
-  # A plain float without warmup keeps the optimizer state free of a schedule counter.
-  schedule = learning_rate_schedule(lr, warmup) if warmup > 0 else lr
+  # A plain float with a constant rate keeps the optimizer state free of a schedule counter.
+  constant = warmup <= 0 and decay_steps <= 0
+  schedule = lr if constant else learning_rate_schedule(lr, warmup, decay_steps)
   parts = []
   if grad_clip >= 0:
     parts.append(optax.clip_by_global_norm(grad_clip))

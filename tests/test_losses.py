@@ -13,7 +13,9 @@ import optax
 import pytest
 from scipy import integrate
 
+from configs import load_config
 from scoresde_jax import losses, sde_lib
+from scoresde_jax.run import setup
 
 MU = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
 S2 = 0.3
@@ -174,6 +176,39 @@ def test_first_update_has_zero_learning_rate_and_ema():
   # Adam's first non-zero step moves by lr * 0.5 (warmup) * m_hat / sqrt(v_hat) = 0.5.
   np.testing.assert_allclose(state.params['w'], 0.5, rtol=1e-4)  # float32 bias correction
   np.testing.assert_allclose(state.ema_params['w'], 0.25, rtol=1e-4)
+
+
+def test_cosine_decay_after_warmup_reaches_zero_at_the_last_step():
+  schedule = losses.learning_rate_schedule(2.0, warmup=10, decay_steps=110)
+  rates = np.asarray([schedule(jnp.asarray(c)) for c in (0, 5, 10, 60, 85, 110, 200)])
+  # Warmup ramp, the peak, half way down the cosine (cos(pi/2) = 0), a quarter left, zero.
+  np.testing.assert_allclose(rates, [0, 1, 2, 1, 2 * 0.5 * (1 + np.cos(0.75 * np.pi)), 0, 0],
+                             atol=1e-6)
+  # Without decay_steps the rate after warmup stays constant, as before.
+  assert float(losses.learning_rate_schedule(2.0, warmup=10)(jnp.asarray(10**6))) == 2.0
+
+
+def test_cosine_decay_config_moves_the_optimizer_along_the_schedule():
+  """optim.cosine_decay: under a constant gradient every Adam update moves a parameter by
+  the learning rate of its step (m_hat / sqrt(v_hat) = 1), so the moves are the schedule:
+  from lr down a half cosine to 0 at training.n_iters."""
+  config = load_config('configs/ve/digits.py')
+  config.optim.lr, config.optim.warmup, config.optim.grad_clip = 1.0, 0, -1.0
+  config.training.n_iters = 100
+  config.optim.cosine_decay = True
+  optimizer = setup.get_optimizer(config)
+  params = {'w': jnp.zeros(())}
+  opt_state = optimizer.init(params)
+  update = jax.jit(lambda s: optimizer.update({'w': jnp.ones(())}, s, params))
+  moves = []
+  for _ in range(101):
+    updates, opt_state = update(opt_state)
+    moves.append(-float(updates['w']))
+  expected = 0.5 * (1 + np.cos(np.pi * np.minimum(np.arange(101) / 100, 1)))
+  np.testing.assert_allclose(moves, expected, rtol=1e-4, atol=1e-6)  # Adam eps, float32
+  schedule = setup.learning_rate_schedule(config)  # what the progress log reports
+  np.testing.assert_allclose([schedule(jnp.asarray(k)) for k in (0, 50, 100)], [1, 0.5, 0],
+                             atol=1e-6)
 
 
 def test_step_count_does_not_depend_on_fusion():

@@ -54,11 +54,17 @@ def get_optimizer(config):
                              'supported: Adam.')
   return losses.get_optimizer(float(optim.lr), int(optim.warmup), float(optim.grad_clip),
                               float(optim.beta1), float(optim.get('beta2', 0.999)),
-                              float(optim.eps), float(optim.weight_decay))
+                              float(optim.eps), float(optim.weight_decay), _decay_steps(config))
+
+
+def _decay_steps(config) -> int:
+  """optim.cosine_decay: the rate reaches 0 at the run's last step, training.n_iters."""
+  return int(config.training.n_iters) if config.optim.get('cosine_decay', False) else 0
 
 
 def learning_rate_schedule(config):
-  return losses.learning_rate_schedule(float(config.optim.lr), int(config.optim.warmup))
+  return losses.learning_rate_schedule(float(config.optim.lr), int(config.optim.warmup),
+                                       _decay_steps(config))
 
 
 def create_train_state(config, rng):
