@@ -14,7 +14,7 @@
 # predictor and Langevin. Samples: OUT/<sde>/table1/<setting>/samples_step_<n>.npz.
 # Environment: OUT (default runs/table1), NUM (default 500), WEIGHTS (the Inception weights,
 # default $SCORESDE_INCEPTION_TORCHSCRIPT), EXTRA (more --config.* overrides for train and
-# sample, e.g. a shorter run). Prepared in session 4 and not yet run.
+# sample, e.g. a shorter run). Rerunning `samples` after an interruption continues it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/table1}
@@ -40,6 +40,11 @@ samples() {
     python main.py --mode train --config "$config" --workdir "$OUT/$sde" ${EXTRA:-}
     for setting in "${SETTINGS[@]}"; do
       read -r name predictor corrector pf steps <<< "$setting"
+      # Rerunning after an interruption skips the settings already sampled (a training run
+      # that is done only restores its checkpoint).
+      if compgen -G "$OUT/$sde/table1/$name/samples_step_*.npz" > /dev/null; then
+        continue
+      fi
       start=$(date +%s)
       python main.py --mode sample --config "$config" --workdir "$OUT/$sde" \
           --eval_folder "table1/$name" --num_samples "$NUM" --config.eval.batch_size="$NUM" \
