@@ -50,7 +50,8 @@ def split_cpu(num_devices: int) -> bool:
   """
   xla_flags = os.environ.get('XLA_FLAGS', '')
   if (num_devices <= 1 or 'xla_force_host_platform_device_count' in xla_flags
-      or 'JAX_NUM_CPU_DEVICES' in os.environ):
+      or 'JAX_NUM_CPU_DEVICES' in os.environ
+      or jax.config.jax_num_cpu_devices == num_devices):  # a notebook cell run again
     return False
   jax.config.update('jax_num_cpu_devices', num_devices)
   if 'xla_cpu_multi_thread_eigen' not in xla_flags:
