@@ -28,7 +28,10 @@ XLA_FLAGS passed as it is); torch also gets `torch.set_num_threads(--threads)`. 
 backend has no exact thread-count knob (`--xla_cpu_multi_thread_eigen` only switches its
 thread pool on or off, and is left as XLA_FLAGS has it): it uses every CPU the process may run
 on. So when `--threads` is below that count, both children are pinned (sched_setaffinity) to
-the same first `--threads` CPUs, which bounds XLA and torch alike. Measure on a quiet machine:
+the same first `--threads` CPUs, which bounds XLA and torch alike. Ours splits those CPUs as
+`main.py` does by default (`--cpu_devices auto`: one single-threaded JAX device per thread, as
+many as divide the batch, the batch sharded over them; `--cpu_devices 1`: one device, XLA's
+own threads). Measure on a quiet machine:
 torch's OpenMP threads spin at barriers and degrade badly when other processes share the
 cores (on a 2-core machine with other jobs running, the tiny VE forward took 2.4 s with 2
 torch threads and 0.08 s with 1), which would make the ratio meaningless.
@@ -268,8 +271,10 @@ def run_ours(config_name: str, args) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from benchmarks import train_step  # pylint: disable=import-outside-toplevel
-  from scoresde_jax import sde_lib  # pylint: disable=import-outside-toplevel
+  from scoresde_jax import parallel, sde_lib  # pylint: disable=import-outside-toplevel
   from scoresde_jax.run import networks, setup  # pylint: disable=import-outside-toplevel
+
+  parallel.split_cpu(ours_cpu_devices(args))
 
   train = train_step.run_one(config_name, 'float32', argparse.Namespace(
       batch=args.batch, steps=args.steps, warmup=args.warmup, tiny=args.tiny, n_jitted=1))
@@ -279,12 +284,15 @@ def run_ours(config_name: str, args) -> dict:
   config = common.load_config(config_name, 'float32', tiny=args.tiny)
   sde = setup.get_sde(config)
   model = networks.get_model(config)
-  params = jax.jit(lambda key: networks.init_model(key, config)[1])(jax.random.PRNGKey(0))
+  mesh = parallel.make_mesh()
+  params = jax.jit(lambda key: networks.init_model(key, config)[1],
+                   out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
   score_fn = setup.get_score_fn(config, sde, model, params)
   size, channels = config.data.image_size, config.data.num_channels
   kx, kt = jax.random.split(jax.random.PRNGKey(1))
   x = jax.random.normal(kx, (args.batch, size, size, channels), jnp.float32)
   t = jax.random.uniform(kt, (args.batch,), jnp.float32, sde_lib.sampling_eps(sde), sde.T)
+  x, t = (jax.device_put(a, parallel.data_sharding(mesh)) for a in (x, t))
   info = common.compiled_info(jax.jit(lambda s, x, t: s(x, t)), score_fn, x, t)
   compiled = info['compiled']
   fwd_s, fwd_times = common.time_calls(lambda: compiled(score_fn, x, t), args.steps,
@@ -296,6 +304,7 @@ def run_ours(config_name: str, args) -> dict:
       'loss': train['loss'], 'forward_evals_per_s': args.batch / fwd_s,
       'forward_times_s': fwd_times, 'forward_compile_s': info['compile_s'],
       'jax': jax.__version__, 'platform': train['platform'], 'cpus': len(allowed_cpus()),
+      'jax_devices': jax.device_count(),
       'config_fields': _config_fields(config),
   }
 
@@ -315,6 +324,13 @@ def cpu_model() -> str:
   return platform.processor() or 'unknown CPU'
 
 
+def ours_cpu_devices(args) -> int:
+  if args.cpu_devices == 'auto':
+    from scoresde_jax import parallel  # pylint: disable=import-outside-toplevel
+    return parallel.cpu_device_count([args.batch], cores=args.threads)
+  return int(args.cpu_devices)
+
+
 def child_env(threads: int) -> dict:
   env = dict(os.environ)
   for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
@@ -330,7 +346,7 @@ def run_child(framework: str, config_name: str, args, env: dict, cpus: list[int]
   python = args.reference_python if framework == 'reference' else sys.executable
   cmd = [python, os.path.abspath(__file__), '--_child', framework, '--configs', config_name,
          '--batch', str(args.batch), '--steps', str(args.steps), '--warmup', str(args.warmup),
-         '--threads', str(args.threads)]
+         '--threads', str(args.threads), '--cpu_devices', str(args.cpu_devices)]
   if framework == 'reference':
     cmd += ['--reference', os.path.abspath(args.reference),
             '--model_overrides', json.dumps(model_overrides)]
@@ -412,9 +428,11 @@ def summarize(args, results: dict) -> str:
   pinned = (f', both pinned to the same {args.threads} of {cpus} CPUs'
             if args.threads < cpus else '')
   threads = f'{args.threads} thread{"s" if args.threads > 1 else ""}'
+  devices = f'ours on {ours_cpu_devices(args)} CPU device(s) (--cpu_devices {args.cpu_devices})'
   header = (f'Ours vs score_sde_pytorch on {cpu_model()}, {os.cpu_count()} cores; '
             f'{threads} (torch.set_num_threads and OMP/MKL_NUM_THREADS; XLA uses '
-            f'every CPU the process may run on{pinned}); torch {versions.get("torch", "?")}, '
+            f'every CPU the process may run on{pinned}); {devices}; '
+            f'torch {versions.get("torch", "?")}, '
             f'jax {versions.get("jax", "?")}; {datetime.datetime.now():%Y-%m-%d %H:%M}; '
             f'float32, batch {args.batch}, median over {args.repeats} alternating repeats of '
             f'the median of {args.steps} timed calls after {args.warmup} untimed'
@@ -454,6 +472,9 @@ def main(argv=None):
   parser.add_argument('--threads', type=int, default=len(allowed_cpus()),
                       help='threads of both (default: the CPUs this process may use, i.e. '
                       'os.cpu_count() unless restricted)')
+  parser.add_argument('--cpu_devices', default='auto',
+                      help="ours: JAX devices the --threads CPUs are split into (main.py's "
+                      '--cpu_devices; auto: one per thread, as many as divide --batch)')
   parser.add_argument('--tiny', action='store_true',
                       help="shrink both networks alike (our common.load_config's tiny fields); "
                       'a smoke test, the numbers mean nothing')
@@ -467,6 +488,11 @@ def main(argv=None):
 
   if min(args.batch, args.steps, args.repeats, args.threads) < 1 or args.warmup < 0:
     fail('--batch, --steps, --repeats and --threads must be >= 1 and --warmup >= 0.')
+  if not (args.cpu_devices == 'auto'
+          or (args.cpu_devices.isdigit() and int(args.cpu_devices) >= 1)):
+    fail(f'--cpu_devices {args.cpu_devices}: auto or a whole number >= 1.')
+  if args.batch % ours_cpu_devices(args):
+    fail(f'--batch {args.batch} does not split over --cpu_devices {args.cpu_devices}.')
   if not args.reference:
     fail('--reference PATH (a score_sde_pytorch checkout) is required.')
   if not os.path.isfile(os.path.join(args.reference, 'models', 'ncsnpp.py')):
