@@ -59,8 +59,16 @@ flags.DEFINE_string('cpu_devices', 'auto',
                     'many as divide the batch sizes of --mode; 1: one device (JAX\'s default). '
                     'No effect on a GPU or TPU, nor when XLA_FLAGS or JAX_NUM_CPU_DEVICES '
                     'already set the CPU device count.')
-flags.register_validator('cpu_devices', lambda v: v == 'auto' or (v.isdigit() and int(v) >= 1),
-                         '--cpu_devices must be auto or a whole number >= 1')
+
+
+@flags.validator('cpu_devices')
+def _check_cpu_devices(value: str) -> bool:
+  from scoresde_jax import parallel  # pylint: disable=import-outside-toplevel
+  if not parallel.is_cpu_devices_flag(value):
+    raise flags.ValidationError(parallel.CPU_DEVICES_FLAG_ERROR)
+  return True
+
+
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 # Programs compiling faster than this are not worth a cache file (most are JAX's eager ops).
@@ -161,15 +169,13 @@ _DIVIDED_BATCHES = {
 def cpu_device_count(flag: str, config, mode: str, cores: int | None = None) -> int:
   """The number of CPU devices --cpu_devices asks for (`parallel.split_cpu` says why)."""
   from scoresde_jax import parallel  # pylint: disable=import-outside-toplevel
-  if flag != 'auto':
-    return int(flag)
   sizes = []
   if mode in _DIVIDED_BATCHES:
     section, field = _DIVIDED_BATCHES[mode]
     value = config[section][field] if section in config and field in config[section] else None
     if isinstance(value, int) and value > 0:  # a bad size gets its own error from the run
       sizes.append(value)
-  return parallel.cpu_device_count(sizes, cores)
+  return parallel.cpu_devices_from_flag(flag, sizes, cores)
 
 
 def _join_hosts():

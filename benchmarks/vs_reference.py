@@ -325,10 +325,8 @@ def cpu_model() -> str:
 
 
 def ours_cpu_devices(args) -> int:
-  if args.cpu_devices == 'auto':
-    from scoresde_jax import parallel  # pylint: disable=import-outside-toplevel
-    return parallel.cpu_device_count([args.batch], cores=args.threads)
-  return int(args.cpu_devices)
+  from scoresde_jax import parallel  # pylint: disable=import-outside-toplevel
+  return parallel.cpu_devices_from_flag(args.cpu_devices, [args.batch], cores=args.threads)
 
 
 def child_env(threads: int) -> dict:
@@ -488,10 +486,11 @@ def main(argv=None):
 
   if min(args.batch, args.steps, args.repeats, args.threads) < 1 or args.warmup < 0:
     fail('--batch, --steps, --repeats and --threads must be >= 1 and --warmup >= 0.')
-  if not (args.cpu_devices == 'auto'
-          or (args.cpu_devices.isdigit() and int(args.cpu_devices) >= 1)):
-    fail(f'--cpu_devices {args.cpu_devices}: auto or a whole number >= 1.')
-  if args.batch % ours_cpu_devices(args):
+  try:
+    devices = ours_cpu_devices(args)
+  except ValueError as e:
+    fail(f'{e}.')
+  if args.batch % devices:
     fail(f'--batch {args.batch} does not split over --cpu_devices {args.cpu_devices}.')
   if not args.reference:
     fail('--reference PATH (a score_sde_pytorch checkout) is required.')

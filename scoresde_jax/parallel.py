@@ -38,6 +38,21 @@ def cpu_device_count(batch_sizes: Sequence[int], cores: int | None = None) -> in
   return max(n for n in range(1, max(cores, 1) + 1) if all(b % n == 0 for b in batch_sizes))
 
 
+CPU_DEVICES_FLAG_ERROR = '--cpu_devices must be auto or a whole number >= 1'
+
+
+def is_cpu_devices_flag(value: str) -> bool:
+  """Whether `value` is a valid `--cpu_devices` (main.py, benchmarks/vs_reference.py)."""
+  return value == 'auto' or (value.isdigit() and int(value) >= 1)
+
+
+def cpu_devices_from_flag(value: str, batch_sizes: Sequence[int], cores: int | None = None) -> int:
+  """The device count a valid `--cpu_devices` asks for: `auto` is `cpu_device_count`."""
+  if not is_cpu_devices_flag(value):
+    raise ValueError(f'{CPU_DEVICES_FLAG_ERROR}, not {value!r}')
+  return cpu_device_count(batch_sizes, cores) if value == 'auto' else int(value)
+
+
 def split_cpu(num_devices: int) -> bool:
   """Makes JAX's CPU backend `num_devices` devices, one per core, each single-threaded.
 
