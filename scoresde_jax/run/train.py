@@ -89,7 +89,8 @@ def train(config, workdir: str, max_steps: int | None = None, program_dir: str |
   # Data first: a missing dataset fails before minutes of network initialization, and before
   # the workdir records the config (a corrected config then starts the same workdir).
   train_iter = data.get_dataset(config, 'train', start_step=initial_step)
-  batch_fn = setup.get_batch_fn(config, networks.get_model(config))
+  model = networks.get_model(config)
+  batch_fn = setup.get_batch_fn(config, model)
   if setup.class_count(config):
     # Labels the network cannot take (an unlabelled dataset) fail here, before the workdir
     # records the config.
@@ -100,7 +101,7 @@ def train(config, workdir: str, max_steps: int | None = None, program_dir: str |
   eval_iter = data.get_dataset(
       config, 'eval', start_step=initial_step // config.training.eval_freq * n_jitted)
   check_workdir_config(workdir, config)
-  model, optimizer = networks.get_model(config), setup.get_optimizer(config)
+  optimizer = setup.get_optimizer(config)
   train_step = losses.get_multi_step_fn(losses.get_step_fn(
       setup.get_loss_fn(config, sde, model, train=True), optimizer, float(config.model.ema_rate)))
   eval_step = losses.get_multi_step_fn(losses.get_step_fn(
