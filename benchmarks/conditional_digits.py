@@ -111,6 +111,21 @@ def build_sampler(config, shape, name, steps):
   return setup.get_sampler(config, shape, overrides={'method': name, 'fast': {'steps': steps}})
 
 
+def add_guided_sampling_args(parser, fast_solver_steps: int):
+  """The sampler, guidance scales and outputs of a guided-sampling sweep (also
+  guidance_digits.py)."""
+  parser.add_argument('--sampler', default='pc',
+                      choices=['pc'] + fast_solvers.fast_sampler_names())
+  parser.add_argument('--steps', type=int, default=None,
+                      help='PC time steps (default model.num_scales) or fast-solver steps '
+                      f'(default {fast_solver_steps})')
+  parser.add_argument('--scales', default='0,1,2,4')
+  parser.add_argument('--num_per_class', type=int, default=10)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--grid_dir', default='')
+  parser.add_argument('--json', default='', help='also write the results here')
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--score_workdir', required=True)
@@ -119,16 +134,8 @@ def main(argv=None):
   parser.add_argument('--config', default=os.path.join(ROOT, 'configs/ve/digits_classifier.py'))
   parser.add_argument('--score_step', type=int, default=None, help='default: the last snapshot')
   parser.add_argument('--classifier_step', type=int, default=None)
-  parser.add_argument('--sampler', default='pc',
-                      choices=['pc'] + fast_solvers.fast_sampler_names())
-  parser.add_argument('--steps', type=int, default=None,
-                      help='PC time steps (default model.num_scales) or fast-solver steps (default 50)')
-  parser.add_argument('--scales', default='0,1,2,4')
   parser.add_argument('--classes', default='0,1,2,3,4,5,6,7,8,9')
-  parser.add_argument('--num_per_class', type=int, default=10)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--grid_dir', default='')
-  parser.add_argument('--json', default='', help='also write the results here')
+  add_guided_sampling_args(parser, fast_solver_steps=50)
   args = parser.parse_args(argv)
 
   config = configs.load_config(args.config)

@@ -4,11 +4,13 @@
         "VE P1000=runs/table1/ve/table1/P1000/samples_step_3000.npz" "score model=S.npz"
 
 prints `real held-out digits (180): FID: x` (the floor: every held-out digit, the FID that
-samples of the data distribution itself reach at about this count) and then `LABEL: FID: x`
-for each LABEL=PATH (an .npz with uint8 `samples` [N, 8, 8, 1], as `main.py --mode sample`
-and the DDLS sampler write them). On a CPU compiling the Inception network costs about as
-much as scoring a file, so it is compiled once here for all of them; the train split's
-statistics are computed once and kept as DIR/digits_train_stats.npz.
+samples of the data distribution itself reach at this count) and then `LABEL: FID: x (first
+180: y)` for each LABEL=PATH, y the FID of its first 180 images (FID falls with the count, so
+y is the one to set beside the floor). Each PATH is an .npz with uint8 `samples`
+[N, 8, 8, 1], as `main.py --mode sample` and the DDLS sampler write them. On a CPU compiling
+the Inception network costs about as much as scoring a file, so it is compiled once here for
+all of them; the train split's statistics are computed once and kept as
+DIR/digits_train_stats.npz.
 """
 from __future__ import annotations
 
@@ -54,18 +56,27 @@ def main(argv=None):
                            path=train_stats)
   reference = metrics.load_statistics(train_stats)
 
-  def fid_of(path):
-    stats = fid.load_side(path, lambda: variables, batch_size=args.batch_size)
-    return metrics.frechet_distance(stats['mu'], stats['sigma'], reference['mu'],
-                                    reference['sigma'])
-
   heldout = os.path.join(args.work, 'digits_eval.npz')
   write_digits('eval', heldout)
   with np.load(heldout) as f:
     count = len(f['samples'])
-  print(f'real held-out digits ({count}): FID: {fid_of(heldout):.6f}', flush=True)
+
+  def fids(path) -> str:
+    stats = fid.load_side(path, lambda: variables, batch_size=args.batch_size)
+    full = metrics.frechet_distance(stats['mu'], stats['sigma'], reference['mu'],
+                                    reference['sigma'])
+    text = f'{full:.6f}'
+    # FID falls with the number of images (its covariance estimate), so samples are also
+    # scored at the floor's count.
+    pool = stats.get('pool_3')
+    if pool is not None and len(pool) > count:
+      matched = metrics.fid_to_reference(pool[:count], reference['mu'], reference['sigma'])
+      text += f' (first {count}: {matched:.6f})'
+    return text
+
+  print(f'real held-out digits ({count}): FID: {fids(heldout)}', flush=True)
   for label, path in named:
-    print(f'{label}: FID: {fid_of(path):.6f}', flush=True)
+    print(f'{label}: FID: {fids(path)}', flush=True)
 
 
 if __name__ == '__main__':

@@ -30,22 +30,16 @@ for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from conditional_digits import build_sampler, fit_judge, judge_scales  # noqa: E402
-from scoresde_jax import fast_solvers, pretrained  # noqa: E402
+from conditional_digits import (  # noqa: E402
+    add_guided_sampling_args, build_sampler, fit_judge, judge_scales)
+from scoresde_jax import pretrained  # noqa: E402
 from scoresde_jax.run import data  # noqa: E402
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True, help='the class-conditional training run')
-  parser.add_argument('--sampler', default='pc', choices=['pc'] + fast_solvers.fast_sampler_names())
-  parser.add_argument('--steps', type=int, default=None,
-                      help='PC time steps (default model.num_scales) or fast-solver steps (default 20)')
-  parser.add_argument('--scales', default='0,1,2,4')
-  parser.add_argument('--num_per_class', type=int, default=10)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--grid_dir', default='')
-  parser.add_argument('--json', default='', help='also write the results here')
+  add_guided_sampling_args(parser, fast_solver_steps=20)
   args = parser.parse_args(argv)
 
   model = pretrained.load(args.workdir)
