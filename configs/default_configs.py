@@ -65,7 +65,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.stats_path = ''
   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth; '' = $SCORESDE_INCEPTION_WEIGHTS or cache.
   evaluate.inception_weights = ''
-  # '' = the config's sampling setting; 'table1' = the paper's Table 1 sampler sweep.
+  # '' = the config's sampling setting; 'table1' = the paper's Table 1 sampler sweep; or a
+  # list of settings (JSON on the command line): a name, config.sampling's sampler fields and,
+  # for a class-conditional model, guidance_scale (run.sweeps).
   evaluate.sweep = ''
 
   config.data = data = ml_collections.ConfigDict()

@@ -298,3 +298,51 @@ def test_sweep_validation():
   config.eval.sweep = [{'name': 'a', 'predicter': 'euler_maruyama'}]
   with pytest.raises(ValueError, match='unknown keys'):
     sweeps.get_sweep(config)
+
+
+def test_sweep_guidance_scale_is_validated_and_kept_apart_from_the_sampler():
+  config = tiny_config()  # unconditional
+  config.eval.sweep = [{'name': 'g', 'guidance_scale': 1.0}]
+  with pytest.raises(errors.ConfigError, match='guidance_scale needs a class-conditional model'):
+    sweeps.get_sweep(config)
+  config.eval.sweep = [{'name': 'g', 'guidance_scale': 0}]
+  assert 'guidance_scale' not in sweeps.get_sweep(config)[0]  # nothing to record
+
+  config.model.num_classes = 10
+  config.sampling.guidance_scale = 0.5
+  config.eval.sweep = [{'name': 'w_default'}, {'name': 'w2', 'guidance_scale': 2}]
+  default, guided = sweeps.get_sweep(config)
+  assert default['guidance_scale'] == 0.5 and guided['guidance_scale'] == 2.0
+  assert 'guidance_scale' not in sweeps.setting_overrides(guided)
+  config.eval.sweep = [{'name': 'w', 'guidance_scale': 'strong'}]
+  with pytest.raises(errors.ConfigError, match="guidance_scale='strong' must be a number"):
+    sweeps.get_sweep(config)
+
+
+def test_eval_samples_each_setting_with_its_guidance_scale(tmp_path, monkeypatch):
+  config = tiny_config()
+  config.model.num_classes = 10
+  config.eval.enable_loss = config.eval.enable_bpd = False
+  config.eval.sweep = [{'name': f'w{w}', 'predictor': 'reverse_diffusion', 'corrector': 'none',
+                        'num_scales': 2, 'guidance_scale': w} for w in (0, 3)]
+  workdir = str(tmp_path)
+  ckpts = checkpoints.RunCheckpoints(workdir, asynchronous=False)
+  ckpts.save(random_train_state(config), snapshot=True)
+  ckpts.wait()
+  ckpts.close()
+  variables = random_inception_variables()
+  config.eval.stats_path = os.path.join(workdir, 'stats.npz')
+  stats.compute_dataset_stats(config, config.eval.stats_path, inception_variables=variables,
+                              max_images=12)
+  scales = []
+  get_score_fn = setup.get_score_fn
+
+  def recording(*args, guidance_scale=None, **kwargs):
+    scales.append(guidance_scale)
+    return get_score_fn(*args, guidance_scale=guidance_scale, **kwargs)
+
+  monkeypatch.setattr(setup, 'get_score_fn', recording)
+  results = evaluate.evaluate(config, workdir, 'eval', inception_variables=variables)
+  assert scales == [0.0, 3.0]
+  assert [(r['setting'], r['sampler']['guidance_scale']) for r in results] == [('w0', 0.0),
+                                                                              ('w3', 3.0)]

@@ -121,7 +121,7 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval', *, inception_varia
              need_loss, need_bpd, len(settings))
     state = checkpoints.restore_snapshot(workdir, template, step)
     ema_params = jax.device_put(state.ema_params, parallel.replicated(mesh))
-    score_fn = setup.get_score_fn(config, sde, model, ema_params)
+    score_fns = {}  # by guidance scale; one network either way
     ckpt_rng = jax.random.fold_in(base_rng, n)
     ckpt_result = results.read_json(results.ckpt_json(eval_dir, n)) or {'ckpt': n, 'step': step}
     if need_loss:
@@ -146,7 +146,12 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval', *, inception_varia
         out.append(results.read_json(path))
         continue
       start = time.time()
-      metrics = quality(setting, score_fn, sample_quality.setting_key(base_rng, n, setting['name']),
+      scale = sweeps.setting_guidance_scale(setting)
+      if scale not in score_fns:
+        score_fns[scale] = setup.get_score_fn(config, sde, model, ema_params,
+                                              guidance_scale=scale)
+      metrics = quality(setting, score_fns[scale],
+                        sample_quality.setting_key(base_rng, n, setting['name']),
                         os.path.join(eval_dir, f'ckpt_{n}_{setting["name"]}'))
       if jax.process_index() != 0:
         results.wait_for([path], 'the metrics written by host 0')

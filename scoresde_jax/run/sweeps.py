@@ -1,8 +1,10 @@
 """The sampler settings an evaluation compares: config.sampling, a list, or the paper's Table 1.
 
-A setting is a plain dict: a `name` (used in file names) and the fields of a
-`samplers.SamplerSpec` (see `setup.SAMPLER_KEYS`); `normalize_setting` fills in every field
-from config.sampling, so results files record exactly what ran. `setup.get_sampler(config,
+A setting is a plain dict: a `name` (used in file names), the fields of a
+`samplers.SamplerSpec` (see `setup.SAMPLER_KEYS`) and, for a class-conditional model, its
+classifier-free `guidance_scale` (what the sampler follows rather than how it steps, so a
+sweep can compare scales); `normalize_setting` fills in every field from config.sampling, so
+results files record exactly what ran. `setup.get_sampler(config,
 shape, sharding, overrides=setting_overrides(setting))` builds its sampler, the same way every
 other entry point builds one.
 """
@@ -16,6 +18,8 @@ from scoresde_jax import errors, sde_lib
 from scoresde_jax.run import setup
 
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.+=-]*')
+# The one setting key that is not a SamplerSpec field: it changes the score, not the sampler.
+GUIDANCE_KEY = 'guidance_scale'
 WHERE = 'config.eval.sweep'
 
 
@@ -38,6 +42,7 @@ def normalize_setting(config, setting: Mapping[str, Any] | None = None) -> dict:
   """
   setting = dict(setup.plain(setting) if setting is not None else {})
   name = setting.pop('name', None)
+  guidance_scale = setting.pop(GUIDANCE_KEY, None)
   spec = setup.sampler_spec(config, setting, WHERE if setting else 'config.sampling')
   if name is None:
     if setting:
@@ -48,12 +53,30 @@ def normalize_setting(config, setting: Mapping[str, Any] | None = None) -> dict:
   if not _NAME_RE.fullmatch(name):
     raise errors.ConfigError(f'Sampler setting name {name!r} must be usable as a file name: '
                              'letters, digits and _ . + = - only, starting with a letter or digit.')
-  return {'name': name, **spec.as_dict()}
+  normalized = {'name': name, **spec.as_dict()}
+  if setup.class_count(config):
+    if guidance_scale is None:
+      guidance_scale = config.sampling.get(GUIDANCE_KEY, 0.0)
+    try:
+      normalized[GUIDANCE_KEY] = float(guidance_scale)
+    except (TypeError, ValueError):
+      raise errors.ConfigError(f'Sampler setting {name}: {GUIDANCE_KEY}={guidance_scale!r} '
+                               'must be a number.') from None
+  elif guidance_scale:
+    raise errors.ConfigError(f'Sampler setting {name}: {GUIDANCE_KEY} needs a class-conditional '
+                             'model (config.model.num_classes > 0 with model.name ncsnpp or '
+                             'ddpm).')
+  return normalized
 
 
 def setting_overrides(setting: Mapping[str, Any]) -> dict:
   """The SamplerSpec fields of a normalized setting (for `setup.get_sampler`)."""
-  return {k: v for k, v in setting.items() if k != 'name'}
+  return {k: v for k, v in setting.items() if k not in ('name', GUIDANCE_KEY)}
+
+
+def setting_guidance_scale(setting: Mapping[str, Any]) -> float | None:
+  """The guidance scale of a normalized setting (None: an unconditional model's)."""
+  return setting.get(GUIDANCE_KEY)
 
 
 def paper_table1_sweep(config) -> list[dict]:
