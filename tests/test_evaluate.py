@@ -314,6 +314,9 @@ def test_sweep_guidance_scale_is_validated_and_kept_apart_from_the_sampler():
   default, guided = sweeps.get_sweep(config)
   assert default['guidance_scale'] == 0.5 and guided['guidance_scale'] == 2.0
   assert 'guidance_scale' not in sweeps.setting_overrides(guided)
+  config.eval.sweep = [{'guidance_scale': 2}]
+  with pytest.raises(errors.ConfigError, match='needs a name'):
+    sweeps.get_sweep(config)
   config.eval.sweep = [{'name': 'w', 'guidance_scale': 'strong'}]
   with pytest.raises(errors.ConfigError, match="guidance_scale='strong' must be a number"):
     sweeps.get_sweep(config)

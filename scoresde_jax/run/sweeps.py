@@ -42,12 +42,12 @@ def normalize_setting(config, setting: Mapping[str, Any] | None = None) -> dict:
   """
   setting = dict(setup.plain(setting) if setting is not None else {})
   name = setting.pop('name', None)
+  if name is None and setting:
+    raise errors.ConfigError(f'Sampler setting {setting} needs a name '
+                             '(e.g. "P1000_reverse_diffusion").')
   guidance_scale = setting.pop(GUIDANCE_KEY, None)
   spec = setup.sampler_spec(config, setting, WHERE if setting else 'config.sampling')
   if name is None:
-    if setting:
-      raise errors.ConfigError(f'Sampler setting {setting} needs a name '
-                               '(e.g. "P1000_reverse_diffusion").')
     name = _default_name(spec)
   name = str(name)
   if not _NAME_RE.fullmatch(name):
