@@ -232,6 +232,24 @@ def test_load_statistics_formats(tmp_path):
     np.testing.assert_array_equal(s[key], written[key])
 
 
+def test_statistics_file_survives_a_crash_while_overwriting(tmp_path, monkeypatch):
+  rng = np.random.RandomState(12)
+  path = tmp_path / 'stats.npz'
+  first = metrics.save_statistics(path, rng.standard_normal((30, 4)))
+
+  def crash_midway(file, **arrays):
+    file.write(b'PK half a zip')
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(np, 'savez', crash_midway)
+  with pytest.raises(KeyboardInterrupt):
+    metrics.save_statistics(path, rng.standard_normal((30, 4)))
+  monkeypatch.undo()
+  kept = metrics.load_statistics(path)
+  np.testing.assert_array_equal(kept['pool_3'], first['pool_3'])
+  assert [p.name for p in tmp_path.iterdir()] == ['stats.npz']
+
+
 def test_cli_on_npz_files(tmp_path, capsys):
   rng = np.random.RandomState(11)
   a = rng.standard_normal((60, 5))

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import scipy.special
 
+from scoresde_jax import files
+
 # The preprocessing of statistics files that do not record one: this project's files before
 # they recorded it, and pytorch-fid's own. (TTUR's TF files used 'tf': the reader cannot tell.)
 UNRECORDED_PREPROCESSING = 'pytorch_fid'
@@ -282,8 +284,7 @@ def save_statistics(path: str | os.PathLike, pool_3, logits=None,
     arrays['preprocessing'] = np.asarray(out['preprocessing'])  # unicode: read without pickle
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'wb') as f:  # An open file: np.savez would append '.npz' to a name.
-    np.savez(f, **arrays)
+  files.write_npz(path, compressed=False, **arrays)
   return out
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from scoresde_jax import torch_pickle
+from scoresde_jax import files, torch_pickle
 from scoresde_jax.errors import WeightsError, WeightsMismatchError
 
 INCEPTION_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/'
@@ -385,9 +385,8 @@ def load_inception(weights_path: str | os.PathLike | None = None,
   variables = convert_weights_file(path)
   try:
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = cache_file + f'.tmp{os.getpid()}.npz'
-    np.savez(tmp, **_flat_arrays(variables))
-    os.replace(tmp, cache_file)  # Atomic: concurrent readers never see half a file.
+    # Atomic: concurrent readers never see half a file.
+    files.write_npz(cache_file, compressed=False, **_flat_arrays(variables))
   except OSError:
     pass  # A read-only cache dir only costs the conversion next time.
   return _checked(variables)

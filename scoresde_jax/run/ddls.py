@@ -24,8 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from scoresde_jax import errors, mcmc, parallel
-from scoresde_jax.run import data, files, images, train_gan
+from scoresde_jax import errors, files, mcmc, parallel
+from scoresde_jax.run import data, images, train_gan
 
 log = logging.getLogger(__name__)
 

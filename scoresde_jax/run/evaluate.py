@@ -22,8 +22,8 @@ import time
 
 import jax
 
-from scoresde_jax import checkpoints, errors, parallel
-from scoresde_jax.run import eval_likelihood, files, results, sample_quality, setup, stats, sweeps
+from scoresde_jax import checkpoints, errors, files, parallel
+from scoresde_jax.run import eval_likelihood, results, sample_quality, setup, stats, sweeps
 
 log = logging.getLogger(__name__)
 

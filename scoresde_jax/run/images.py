@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from scoresde_jax.run import files
+from scoresde_jax import files
 
 
 def to_uint8(images) -> np.ndarray:

@@ -21,8 +21,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from scoresde_jax import errors
-from scoresde_jax.run import files
+from scoresde_jax import errors, files
 
 log = logging.getLogger(__name__)
 

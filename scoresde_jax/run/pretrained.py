@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from scoresde_jax import checkpoints, errors, sde_lib, torch_pickle
-from scoresde_jax.run import convert, data, files, loop, networks, setup
+from scoresde_jax import checkpoints, errors, files, sde_lib, torch_pickle
+from scoresde_jax.run import convert, data, loop, networks, setup
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import pickle
 import jax
 from jax.experimental import serialize_executable
 
-from scoresde_jax import parallel
-from scoresde_jax.run import files, loop
+from scoresde_jax import files, parallel
+from scoresde_jax.run import loop
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
   WORKDIR/EVAL_FOLDER/ckpt_<n>_<setting>.json    FID / IS / KID / NFE / seconds of one setting
   WORKDIR/EVAL_FOLDER/summary.md, summary.csv    one row per (snapshot, setting)
 
-JSON files are written atomically (`run.files`); a file that exists is a result that is done.
+JSON files are written atomically (`scoresde_jax.files`); a file that exists is a result that is done.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import os
 import time
 from typing import Sequence
 
-from scoresde_jax.run import files, setup
+from scoresde_jax import files
+from scoresde_jax.run import setup
 
 log = logging.getLogger(__name__)
 

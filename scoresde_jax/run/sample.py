@@ -8,8 +8,8 @@ import os
 import jax
 import numpy as np
 
-from scoresde_jax import errors, parallel
-from scoresde_jax.run import evaluate, files, images, pretrained, setup
+from scoresde_jax import errors, files, parallel
+from scoresde_jax.run import evaluate, images, pretrained, setup
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import zlib
 import jax
 import numpy as np
 
-from scoresde_jax import errors, parallel
+from scoresde_jax import errors, files, parallel
 from scoresde_jax.evaluation import fid as fid_lib
 from scoresde_jax.evaluation import metrics
-from scoresde_jax.run import data, files, images, results, setup, stats as stats_lib, sweeps
+from scoresde_jax.run import data, images, results, setup, stats as stats_lib, sweeps
 
 log = logging.getLogger(__name__)
 

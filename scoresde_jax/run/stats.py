@@ -17,12 +17,12 @@ import time
 import jax
 import numpy as np
 
-from scoresde_jax import errors, parallel
+from scoresde_jax import errors, files, parallel
 from scoresde_jax.evaluation import fid as fid_lib
 from scoresde_jax.evaluation import inception
 from scoresde_jax.evaluation import metrics
 from scoresde_jax.evaluation import weights as weights_lib
-from scoresde_jax.run import data, files, images
+from scoresde_jax.run import data, images
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import os
 import jax
 import numpy as np
 
-from scoresde_jax import checkpoints, errors, losses, parallel
-from scoresde_jax.run import data, files, images, loop, networks, programs, setup
+from scoresde_jax import checkpoints, errors, files, losses, parallel
+from scoresde_jax.run import data, images, loop, networks, programs, setup
 from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)

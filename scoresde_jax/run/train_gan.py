@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from scoresde_jax import checkpoints, errors, losses, parallel
+from scoresde_jax import checkpoints, errors, files, losses, parallel
 from scoresde_jax.models import gan
-from scoresde_jax.run import data, files, images, loop, programs
+from scoresde_jax.run import data, images, loop, programs
 from scoresde_jax.run.progress import TrainingProgress
 
 log = logging.getLogger(__name__)

@@ -11,17 +11,22 @@ import numpy as np
 
 def write_atomic(path: str, data: bytes):
   tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):  # e.g. a full disk: the old file stays, no stray half copy
+      os.remove(tmp)
+    raise
 
 
 def write_json(path: str, obj):
   write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
-def write_npz(path: str, **arrays):
-  """A compressed .npz of `arrays`."""
+def write_npz(path: str, compressed: bool = True, **arrays):
+  """An .npz of `arrays` at `path` (exactly that name: np.savez would append '.npz')."""
   buffer = io.BytesIO()
-  np.savez_compressed(buffer, **arrays)
+  (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
   write_atomic(path, buffer.getvalue())
