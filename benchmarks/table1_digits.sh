@@ -13,8 +13,8 @@
 # sampling, reverse diffusion and the probability flow; C2000 (Langevin); PC1000 with each
 # predictor and Langevin. Samples: OUT/<sde>/table1/<setting>/samples_step_<n>.npz.
 # Environment: OUT (default runs/table1), NUM (default 500), WEIGHTS (the Inception weights,
-# default $SCORESDE_INCEPTION_TORCHSCRIPT), EXTRA (more --config.* overrides for train and
-# sample, e.g. a shorter run). Rerunning `samples` after an interruption continues it.
+# default $SCORESDE_INCEPTION_TORCHSCRIPT), SDES (default "ve vp": which halves of the table),
+# EXTRA (more --config.* overrides for train and sample, e.g. a shorter run). Rerunning `samples` after an interruption continues it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/table1}
@@ -34,7 +34,7 @@ SETTINGS=(
 )
 
 samples() {
-  for sde in ve vp; do
+  for sde in ${SDES:-ve vp}; do
     config=configs/$sde/digits.py
     # shellcheck disable=SC2086  # EXTRA: more --config overrides, split on spaces
     python main.py --mode train --config "$config" --workdir "$OUT/$sde" ${EXTRA:-}
@@ -59,7 +59,7 @@ samples() {
 fid() {
   weights=${WEIGHTS:-${SCORESDE_INCEPTION_TORCHSCRIPT:?set WEIGHTS or SCORESDE_INCEPTION_TORCHSCRIPT}}
   files=()
-  for sde in ve vp; do
+  for sde in ${SDES:-ve vp}; do
     for setting in "${SETTINGS[@]}"; do
       read -r name _ <<< "$setting"
       files+=("$sde $name=$(ls "$OUT/$sde/table1/$name"/samples_step_*.npz)")
