@@ -4,7 +4,9 @@
         "VE P1000=runs/table1/ve/table1/P1000/samples_step_3000.npz" "score model=S.npz"
 
 prints `real held-out digits (180): FID: x` (the floor: every held-out digit, the FID that
-samples of the data distribution itself reach at this count) and then `LABEL: FID: x (first
+samples of the data distribution itself reach at this count), `train digits (500 of the
+reference set): FID: x` (500 train digits drawn with seed 0: the floor at 500 images, a
+little optimistic, since they are part of the reference) and then `LABEL: FID: x (first
 180: y)` for each LABEL=PATH, y the FID of its first 180 images (FID falls with the count, so
 y is the one to set beside the floor). Each PATH is an .npz with uint8 `samples`
 [N, 8, 8, 1], as `main.py --mode sample` and the DDLS sampler write them. On a CPU compiling
@@ -28,9 +30,12 @@ from scoresde_jax import datasets  # noqa: E402
 from scoresde_jax.evaluation import fid, metrics, weights  # noqa: E402
 
 
-def write_digits(split: str, path: str):
-  """The digits of `split` as the uint8 pixels samples are stored in."""
+def write_digits(split: str, path: str, count: int | None = None):
+  """The digits of `split` as the uint8 pixels samples are stored in; `count` of them drawn
+  without replacement (seed 0) when given."""
   images, _ = datasets.load_digits(split, image_size=8, num_channels=1)
+  if count is not None:
+    images = images[np.random.default_rng(0).choice(len(images), count, replace=False)]
   np.savez(path, samples=np.floor(images * 255 + 0.5).astype(np.uint8))
 
 
@@ -52,6 +57,9 @@ def main(argv=None):
   # On a 2-core CPU, batches of 1-16 images ran 2.5-3.0 images per CPU-second and 128-256
   # 1.6-2.0 (the activations of a small batch stay in cache).
   parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--train_floor', type=int, default=500,
+                      help='also score this many train digits (the floor at the samples\' '
+                      'count; optimistic: they are part of the reference set); 0: no')
   parser.add_argument('files', nargs='*', metavar='LABEL=PATH')
   args = parser.parse_args(argv)
   named = []
@@ -91,6 +99,11 @@ def main(argv=None):
     return text
 
   print(f'real held-out digits ({count}): FID: {fids(heldout)}', flush=True)
+  if args.train_floor:
+    train_some = os.path.join(args.work, f'digits_train_{args.train_floor}.npz')
+    write_digits('train', train_some, args.train_floor)
+    print(f'train digits ({args.train_floor} of the reference set): FID: '
+          f'{fids(train_some)}', flush=True)
   for label, path in named:
     print(f'{label}: FID: {fids(path)}', flush=True)
 

@@ -2,10 +2,12 @@
 # The paper's Table 1 at digits scale (issue 13), in two parts.
 #
 #   bash benchmarks/table1_digits.sh samples   # train VE and VP digits, 500 samples per
-#                                              # sampler setting (a GPU: minutes; 2-core CPU:
-#                                              # hours, ~0.4 s per score evaluation of 500)
-#   bash benchmarks/table1_digits.sh fid       # FID of each setting and of the 180 held-out
-#                                              # digits (the floor) with the real Inception
+#                                              # sampler setting (2-core CPU: about 75
+#                                              # minutes a SDE, 0.18 s per score evaluation
+#                                              # of 500)
+#   bash benchmarks/table1_digits.sh fid       # FID of each setting, of the 180 held-out
+#                                              # digits and of 500 train digits (the floors)
+#                                              # with the real Inception
 #                                              # weights, on any machine that has them, in one
 #                                              # process (benchmarks/digits_fid.py)
 #
