@@ -7,20 +7,22 @@
 #                                              # of 500)
 #   bash benchmarks/table1_digits.sh fid       # FID of each setting, of the 180 held-out
 #                                              # digits and of 500 train digits (the floors)
-#                                              # with the real Inception
-#                                              # weights, on any machine that has them, in one
-#                                              # process (benchmarks/digits_fid.py)
+#                                              # with the real Inception weights, on any
+#                                              # machine that has them, in one process
+#                                              # (benchmarks/digits_fid.py)
 #
 # Settings as `run.sweeps.paper_table1_sweep` (N = 1000): P1000 and P2000 with ancestral
 # sampling, reverse diffusion and the probability flow; C2000 (Langevin); PC1000 with each
 # predictor and Langevin. Samples: OUT/<sde>/table1/<setting>/samples_step_<n>.npz.
 # Environment: OUT (default runs/table1), NUM (default 500), WEIGHTS (the Inception weights,
 # default $SCORESDE_INCEPTION_TORCHSCRIPT), SDES (default "ve vp": which halves of the table),
-# EXTRA (more --config.* overrides for train and sample, e.g. a shorter run). Rerunning `samples` after an interruption continues it.
+# EXTRA (more --config.* overrides for train and sample, e.g. a shorter run). Rerunning
+# `samples` after an interruption continues it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/table1}
 NUM=${NUM:-500}
+SDES=${SDES:-ve vp}
 # name predictor corrector probability_flow num_scales
 SETTINGS=(
   "P1000_ancestral_sampling ancestral_sampling none False 1000"
@@ -36,7 +38,7 @@ SETTINGS=(
 )
 
 samples() {
-  for sde in ${SDES:-ve vp}; do
+  for sde in $SDES; do
     config=configs/$sde/digits.py
     # shellcheck disable=SC2086  # EXTRA: more --config overrides, split on spaces
     python main.py --mode train --config "$config" --workdir "$OUT/$sde" ${EXTRA:-}
@@ -61,7 +63,7 @@ samples() {
 fid() {
   weights=${WEIGHTS:-${SCORESDE_INCEPTION_TORCHSCRIPT:?set WEIGHTS or SCORESDE_INCEPTION_TORCHSCRIPT}}
   files=()
-  for sde in ${SDES:-ve vp}; do
+  for sde in $SDES; do
     for setting in "${SETTINGS[@]}"; do
       read -r name _ <<< "$setting"
       files+=("$sde $name=$(ls "$OUT/$sde/table1/$name"/samples_step_*.npz)")
